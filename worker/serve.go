@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	temporalotel "go.temporal.io/sdk/contrib/opentelemetry"
+	sdklog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/kohakku/drflow/activities"
+	"github.com/kohakku/drflow/internal/config"
+	"github.com/kohakku/drflow/internal/devserver"
+	"github.com/kohakku/drflow/workflows"
+)
+
+// serve runs until ctx ends or a component fails, then stops everything it started.
+func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.Logger) error {
+	clientOpts, err := cfg.TemporalClientOptions()
+	if err != nil {
+		return err
+	}
+	if opts.dev {
+		srv, err := devserver.Start(ctx, devserver.Options{
+			StateDir:         cfg.Worker.StateDir,
+			GRPCAddr:         cfg.Worker.DevGRPCAddr,
+			UIAddr:           cfg.Worker.DevUIAddr,
+			NoUI:             opts.noUI,
+			Namespace:        cfg.Temporal.Namespace,
+			SearchAttributes: workflows.SearchAttributeTypes,
+		})
+		if err != nil {
+			return fmt.Errorf("embedded temporal: %w", err)
+		}
+		defer srv.Stop()
+		logger.Info("embedded temporal ready", "grpc", srv.GRPCAddr(), "ui", srv.UIURL(),
+			"namespace", srv.Namespace(), "state", cfg.Worker.StateDir, "serverLog", srv.LogPath())
+		clientOpts.HostPort = srv.GRPCAddr()
+		clientOpts.Credentials = nil
+		clientOpts.ConnectionOptions.TLS = nil
+	}
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metricsHandler, err := sdkMetrics(registry)
+	if err != nil {
+		return err
+	}
+	clientOpts.MetricsHandler = metricsHandler
+	clientOpts.Logger = sdklog.NewStructuredLogger(logger)
+
+	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, err := client.DialContext(dialCtx, clientOpts)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect to temporal at %s (namespace %s): %w", clientOpts.HostPort, clientOpts.Namespace, err)
+	}
+	defer c.Close()
+
+	w := worker.New(c, cfg.Temporal.TaskQueue, worker.Options{})
+	register(w, activitiesFor(cfg))
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start worker on task queue %s: %w", cfg.Temporal.TaskQueue, err)
+	}
+	defer w.Stop()
+
+	httpSrv, httpErr, err := serveHTTP(cfg.Worker.HTTPAddr, registry, c)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(shutdown)
+	}()
+	logger.Info("worker ready", "taskQueue", cfg.Temporal.TaskQueue, "temporal", clientOpts.HostPort,
+		"namespace", clientOpts.Namespace, "http", httpSrv.Addr)
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+		return nil
+	case err := <-httpErr:
+		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// deps are the activity structs the worker registers, built once with their clients.
+type deps struct {
+	host *activities.Host
+}
+
+func activitiesFor(*config.Config) deps {
+	return deps{host: activities.NewHost()}
+}
+
+// register registers every workflow under its stable type name and every activity
+// struct's methods under their method names.
+func register(r worker.Registry, d deps) {
+	for _, def := range workflows.All() {
+		r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
+	}
+	r.RegisterActivityWithOptions(d.host, activity.RegisterOptions{})
+}
+
+// sdkMetrics exports the Temporal SDK's metrics (workflow/activity task latencies, poll
+// counts, failures …) through the Prometheus registry.
+func sdkMetrics(reg *prometheus.Registry) (client.MetricsHandler, error) {
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("metrics exporter: %w", err)
+	}
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
+	return temporalotel.NewMetricsHandler(temporalotel.MetricsHandlerOptions{
+		Meter: provider.Meter("drflow"),
+	}), nil
+}
+
+// serveHTTP serves /healthz and /metrics. The listener is bound before returning, so a
+// taken address is an error at start rather than a silent background failure.
+func serveHTTP(addr string, reg *prometheus.Registry, c client.Client) (*http.Server, <-chan error, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if _, err := c.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+			http.Error(w, "temporal unreachable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = fmt.Fprintln(w, "ok")
+	})
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s (DRFLOW_HTTP_ADDR / --http-addr): %w", addr, err)
+	}
+	srv := &http.Server{Addr: l.Addr().String(), Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	return srv, errc, nil
+}
