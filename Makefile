@@ -48,7 +48,9 @@ bench: $(BIN)/minio
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
 demo: $(BIN)/minio
-	$(GO) run ./starter demo $(DEMO_FLAGS)
+	$(GO) build -o $(BIN)/worker ./worker
+	$(GO) build -o $(BIN)/starter ./starter
+	$(BIN)/starter demo --worker-bin $(BIN)/worker $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(BIN) .drflow

@@ -5,11 +5,23 @@ package workflows
 type Definition struct {
 	Name string
 	Func any
+	// NewInput returns a pointer to a zero input value, for validating JSON before a start.
+	NewInput func() any
 }
 
 // All lists every workflow the worker registers, in documentation order.
 func All() []Definition {
 	return []Definition{
-		{Name: SelfCheckName, Func: SelfCheck},
+		{Name: SelfCheckName, Func: SelfCheck, NewInput: func() any { return new(SelfCheckInput) }},
 	}
+}
+
+// Lookup returns the definition registered under name.
+func Lookup(name string) (Definition, bool) {
+	for _, d := range All() {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return Definition{}, false
 }
