@@ -1,11 +1,13 @@
-// Package stack starts private PostgreSQL, Redis and MinIO servers on free
-// 127.0.0.1 ports in a temporary directory, for tests and the demo.
+// Package stack starts private PostgreSQL, Redis, MinIO and (on request)
+// Temporal servers on free 127.0.0.1 ports in a temporary directory, for
+// tests and the demo.
 //
 // Every server can be stopped gracefully, killed with SIGKILL, restarted on the
 // same port with the same data, and wiped, one at a time, so a test can
 // simulate the loss it is about. Nothing is mocked: these are the real server
-// binaries of the machine (PostgreSQL, redis-server) and the pinned minio
-// build (see MinIOBinary).
+// binaries of the machine (PostgreSQL, redis-server), the pinned minio
+// build (see MinIOBinary) and drflow's own embedded Temporal server built
+// from this repo (see DevServerBinary).
 //
 // contract: the package owns every process it starts. Each runs in its own
 // process group with Pdeathsig=SIGKILL, so Close (or the death of the test
@@ -54,6 +56,7 @@ var (
 	_ Server = (*Postgres)(nil)
 	_ Server = (*Redis)(nil)
 	_ Server = (*MinIO)(nil)
+	_ Server = (*Temporal)(nil)
 )
 
 // Options configures Start.
@@ -62,12 +65,17 @@ type Options struct {
 	// directory from os.MkdirTemp, which Close removes; a given Dir is left
 	// in place (its server subdirectories included).
 	Dir string
-	// Logf, when set, receives progress lines (starting, ready, installing minio).
+	// Logf, when set, receives progress lines (starting, ready, installing
+	// minio, building drflow-devserver).
 	Logf func(format string, args ...any)
 	// PostgresFsync turns PostgreSQL's fsync on. Off (the default) is faster
 	// and still loses nothing on Kill, because a killed process leaves its
 	// writes in the page cache; only a host crash would lose them.
 	PostgresFsync bool
+	// Temporal also starts a Temporal server (Stack.Temporal). Off by
+	// default: most tests need no Temporal, and the first build of the
+	// drflow-devserver binary takes minutes.
+	Temporal bool
 }
 
 // Stack is a set of private servers; each field is one of them.
@@ -80,8 +88,9 @@ type Stack struct {
 	Redis    *Redis
 	MinIO    *MinIO // the app's object store
 	Backup   *MinIO // S3-compatible backup store
-	// Temporal (the embedded dev server of worker --dev) is to be added here;
-	// Servers and Close pick it up once it implements Server.
+	// Temporal is the embedded dev server of worker --dev; nil unless
+	// Options.Temporal.
+	Temporal *Temporal
 
 	removeDir bool
 	logf      func(string, ...any)
@@ -89,10 +98,11 @@ type Stack struct {
 	closeErr  error
 }
 
-// Start starts PostgreSQL, Redis and the two MinIO servers in parallel under
-// opts.Dir. On error it stops whatever started and removes the directory it
-// created. ctx bounds the start only (including a first-time minio install,
-// about 3 minutes); the servers run until Close.
+// Start starts PostgreSQL, Redis, the two MinIO servers and, with
+// opts.Temporal, Temporal in parallel under opts.Dir. On error it stops
+// whatever started and removes the directory it created. ctx bounds the
+// start only (including a first-time minio install, about 3 minutes, or
+// drflow-devserver build); the servers run until Close.
 func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	logf := opts.Logf
 	if logf == nil {
@@ -158,6 +168,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		wg2.Wait()
 		return errors.Join(errMinIO, errBackup)
 	})
+	if opts.Temporal {
+		run("temporal", func() (err error) {
+			// Looked up here for the progress lines of a (re)build.
+			if _, err := DevServerBinary(ctx, logf); err != nil {
+				return err
+			}
+			s.Temporal, err = StartTemporal(ctx, s.Dir)
+			return err
+		})
+	}
 	wg.Wait()
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -180,6 +200,9 @@ func (s *Stack) Servers() []Server {
 	}
 	if s.Backup != nil {
 		out = append(out, s.Backup)
+	}
+	if s.Temporal != nil {
+		out = append(out, s.Temporal)
 	}
 	return out
 }

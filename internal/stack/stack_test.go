@@ -25,6 +25,9 @@ type dataOps struct {
 	srv   Server
 	write func(t *testing.T, ctx context.Context, key string)
 	has   func(t *testing.T, ctx context.Context, key string) bool
+	// afterWipe, when set, checks what a wiped server must have again once
+	// restarted (e.g. Temporal's namespace).
+	afterWipe func(t *testing.T, ctx context.Context)
 }
 
 func postgresOps(p *Postgres) dataOps {
@@ -106,7 +109,7 @@ func TestStack(t *testing.T) {
 	defer cancel()
 
 	began := time.Now()
-	s, err := Start(ctx, Options{Logf: t.Logf})
+	s, err := Start(ctx, Options{Logf: t.Logf, Temporal: true})
 	require.NoError(t, err)
 	t.Logf("whole stack started in %s", time.Since(began).Round(time.Millisecond))
 	closed := false
@@ -116,7 +119,7 @@ func TestStack(t *testing.T) {
 		}
 	})
 
-	require.Len(t, s.Servers(), 4)
+	require.Len(t, s.Servers(), 5)
 	for _, srv := range s.Servers() {
 		require.True(t, srv.Running(), srv.Name())
 		require.FileExists(t, srv.LogPath())
@@ -126,14 +129,24 @@ func TestStack(t *testing.T) {
 	assert.NotEqual(t, s.MinIO.Endpoint(), s.Backup.Endpoint())
 	assert.NotEqual(t, s.MinIO.AccessKey(), s.Backup.AccessKey())
 	assert.Equal(t, "postgres://drflow@127.0.0.1:"+strconv.Itoa(s.Postgres.Port())+"/x?sslmode=disable", s.Postgres.URL("x"))
+	assert.Equal(t, "temporal", s.Temporal.Name())
+	temporalAddr, temporalUI := s.Temporal.GRPCAddr(), s.Temporal.UIURL()
 
 	t.Run("servers", func(t *testing.T) {
-		for _, ops := range []dataOps{postgresOps(s.Postgres), redisOps(s.Redis), minioOps(s.MinIO), minioOps(s.Backup)} {
+		for _, ops := range []dataOps{postgresOps(s.Postgres), redisOps(s.Redis), minioOps(s.MinIO), minioOps(s.Backup), temporalOps(s.Temporal)} {
 			t.Run(ops.srv.Name(), func(t *testing.T) {
 				t.Parallel()
 				testServerLifecycle(t, ctx, ops)
 			})
 		}
+	})
+
+	t.Run("temporal keeps its ports", func(t *testing.T) {
+		// After stop, kill and wipe, the restarted process holds the same ports.
+		assert.Equal(t, temporalAddr, s.Temporal.GRPCAddr())
+		assert.Equal(t, temporalUI, s.Temporal.UIURL())
+		assert.NoError(t, listensOn(s.Temporal.pid(), s.Temporal.grpcPort))
+		assert.NoError(t, listensOn(s.Temporal.pid(), s.Temporal.uiPort))
 	})
 
 	t.Run("redis AOF layout", func(t *testing.T) {
@@ -204,6 +217,9 @@ func testServerLifecycle(t *testing.T, ctx context.Context, ops dataOps) {
 	require.False(t, srv.Running())
 	restart(t)
 	assert.False(t, ops.has(t, ctx, "first"), "after wipe+start")
+	if ops.afterWipe != nil {
+		ops.afterWipe(t, ctx)
+	}
 	ops.write(t, ctx, "after-wipe")
 	assert.True(t, ops.has(t, ctx, "after-wipe"))
 }

@@ -20,16 +20,28 @@ import (
 	"github.com/kohakku/drflow/internal/stack"
 )
 
-// startTimeout bounds a start, including a first-time minio install.
+// startTimeout bounds a start, including a first-time minio install or
+// drflow-devserver build.
 const startTimeout = 10 * time.Minute
 
-// Start starts the whole stack (PostgreSQL, Redis, MinIO, Backup) in a fresh
-// temporary directory and registers its Close with t.Cleanup.
+// Start starts the stack without Temporal (PostgreSQL, Redis, MinIO, Backup)
+// in a fresh temporary directory and registers its Close with t.Cleanup.
 func Start(t testing.TB) *stack.Stack {
+	t.Helper()
+	return startStack(t, stack.Options{Logf: t.Logf})
+}
+
+// StartAll starts all five servers: those of Start plus Temporal.
+func StartAll(t testing.TB) *stack.Stack {
+	t.Helper()
+	return startStack(t, stack.Options{Logf: t.Logf, Temporal: true})
+}
+
+func startStack(t testing.TB, opts stack.Options) *stack.Stack {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	s, err := stack.Start(ctx, stack.Options{Logf: t.Logf})
+	s, err := stack.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("stacktest: start stack: %v%s", err, installHint(err))
 	}
@@ -65,6 +77,19 @@ func MinIO(t testing.TB) *stack.MinIO {
 	t.Helper()
 	return startOne(t, func(ctx context.Context, dir string) (*stack.MinIO, error) {
 		return stack.StartMinIO(ctx, dir, "minio")
+	})
+}
+
+// Temporal starts only a Temporal server (the embedded dev server of
+// worker --dev, namespace "default" with drflow's search attributes),
+// building drflow-devserver first if needed.
+func Temporal(t testing.TB) *stack.Temporal {
+	t.Helper()
+	return startOne(t, func(ctx context.Context, dir string) (*stack.Temporal, error) {
+		if _, err := stack.DevServerBinary(ctx, t.Logf); err != nil {
+			return nil, err
+		}
+		return stack.StartTemporal(ctx, dir)
 	})
 }
 
@@ -108,14 +133,23 @@ func installHint(err error) string {
 func logTails(t testing.TB, servers ...stack.Server) {
 	t.Helper()
 	for _, srv := range servers {
-		b, err := os.ReadFile(srv.LogPath())
-		if err != nil {
-			continue
+		logTail(t, srv.Name(), srv.LogPath())
+		// Temporal's own log, besides its process output.
+		if tp, ok := srv.(interface{ ServerLogPath() string }); ok {
+			logTail(t, srv.Name()+" server", tp.ServerLogPath())
 		}
-		s := strings.TrimSpace(string(b))
-		if len(s) > 4000 {
-			s = "…" + s[len(s)-4000:]
-		}
-		t.Logf("stacktest: tail of %s log (%s):\n%s", srv.Name(), srv.LogPath(), s)
 	}
+}
+
+func logTail(t testing.TB, name, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) > 4000 {
+		s = "…" + s[len(s)-4000:]
+	}
+	t.Logf("stacktest: tail of %s log (%s):\n%s", name, path, s)
 }

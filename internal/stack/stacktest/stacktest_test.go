@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
 
 	"github.com/kohakku/drflow/internal/stack/stacktest"
 )
@@ -33,4 +34,15 @@ func TestServers(t *testing.T) {
 	ok, err := mc.BucketExists(ctx, "kohakku")
 	require.NoError(t, err)
 	require.True(t, ok)
+}
+
+func TestTemporal(t *testing.T) {
+	ctx := context.Background()
+	tp := stacktest.Temporal(t)
+	c, err := tp.Client(ctx)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.CheckHealth(ctx, &client.CheckHealthRequest{})
+	require.NoError(t, err)
+	require.Equal(t, "default", tp.Namespace())
 }
