@@ -1,0 +1,71 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// ErrUnknownTarget: the input names a database, bucket or instance that is not configured.
+const ErrUnknownTarget = "UnknownTarget"
+
+// Inventory is what the worker's configuration says exists: the databases, Redis
+// instances and buckets a runbook may name. Workflow inputs name targets; only the
+// worker knows their addresses and credentials.
+type Inventory struct {
+	Databases []string
+	// Redis instances by name; "default" is DRFLOW_REDIS_ADDR.
+	Redis   []string
+	Buckets []string
+	// Retention is the configured policy (S3_BACKUP_RETENTION days).
+	Retention RetentionPolicy
+}
+
+// TargetsInput selects targets by name; empty lists mean every configured one.
+type TargetsInput struct {
+	Databases []string `json:"databases,omitempty"`
+	Redis     []string `json:"redis,omitempty"`
+	Buckets   []string `json:"buckets,omitempty"`
+}
+
+// Targets are resolved, configured targets and the retention policy.
+type Targets struct {
+	Databases []string        `json:"databases"`
+	Redis     []string        `json:"redis"`
+	Buckets   []string        `json:"buckets"`
+	Retention RetentionPolicy `json:"retention"`
+}
+
+// Resolve checks every named target against the configuration. An unknown name fails
+// non-retryably, naming the input field, the value and what is configured.
+func (inv *Inventory) Resolve(_ context.Context, in TargetsInput) (Targets, error) {
+	pick := func(field, what string, asked, have []string) ([]string, error) {
+		if len(asked) == 0 {
+			return slices.Clone(have), nil
+		}
+		for _, a := range asked {
+			if !slices.Contains(have, a) {
+				configured := "none configured"
+				if len(have) > 0 {
+					configured = "configured: " + strings.Join(have, ", ")
+				}
+				return nil, NonRetryable(ErrUnknownTarget, fmt.Errorf("input field %q: unknown %s %q (%s)", field, what, a, configured))
+			}
+		}
+		return slices.Clone(asked), nil
+	}
+	var t Targets
+	var err error
+	if t.Databases, err = pick("databases", "database", in.Databases, inv.Databases); err != nil {
+		return t, err
+	}
+	if t.Redis, err = pick("redis", "Redis instance", in.Redis, inv.Redis); err != nil {
+		return t, err
+	}
+	if t.Buckets, err = pick("buckets", "bucket", in.Buckets, inv.Buckets); err != nil {
+		return t, err
+	}
+	t.Retention = inv.Retention
+	return t, nil
+}
