@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/kohakku/drflow/internal/config"
 )
@@ -36,6 +37,9 @@ type options struct {
 	dev        bool
 	noUI       bool
 	configPath string
+	// backupInterval is the nightly schedule's interval; /health calls a source stale
+	// when its last backup is older than twice this.
+	backupInterval time.Duration
 }
 
 func run(args []string, stderr io.Writer) error {
@@ -45,6 +49,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.BoolVar(&opts.dev, "dev", false, "start an embedded persistent Temporal server and Web UI in this process")
 	fs.BoolVar(&opts.noUI, "no-ui", false, "with --dev: do not start the Web UI")
 	fs.StringVar(&opts.configPath, "config", "", "YAML config file (default $"+config.FileEnv+")")
+	fs.DurationVar(&opts.backupInterval, "backup-interval", 24*time.Hour, "interval of the backup schedule; /health reports a source stale after twice this")
 	overrides := map[string]*string{}
 	for flagName, setting := range map[string]string{
 		"state-dir":     "DRFLOW_STATE_DIR",

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,16 +15,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	temporalotel "go.temporal.io/sdk/contrib/opentelemetry"
+	"go.temporal.io/sdk/interceptor"
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
-	"go.temporal.io/sdk/workflow"
 
-	"github.com/kohakku/drflow/activities"
+	"github.com/kohakku/drflow/internal/app"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/devserver"
+	"github.com/kohakku/drflow/internal/health"
 	"github.com/kohakku/drflow/workflows"
 )
 
@@ -70,14 +71,34 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 	}
 	defer c.Close()
 
-	w := worker.New(c, cfg.Temporal.TaskQueue, worker.Options{})
-	register(w, activitiesFor(cfg))
+	acts, err := app.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	checker := &health.Checker{
+		Sets:      acts.BackupStore,
+		Temporal:  c,
+		Namespace: clientOpts.Namespace,
+		Interval:  opts.backupInterval,
+		CacheTTL:  30 * time.Second,
+	}
+	if cfg.Require(config.PartBackup) == nil {
+		registry.MustRegister(health.NewCollector(checker))
+	} else {
+		checker = nil
+	}
+	w := worker.New(c, cfg.Temporal.TaskQueue, worker.Options{
+		Interceptors: []interceptor.WorkerInterceptor{health.NewInterceptor(registry, checker)},
+	})
+	if err := app.Register(w, acts); err != nil {
+		return err
+	}
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker on task queue %s: %w", cfg.Temporal.TaskQueue, err)
 	}
 	defer w.Stop()
 
-	httpSrv, httpErr, err := serveHTTP(cfg.Worker.HTTPAddr, registry, c)
+	httpSrv, httpErr, err := serveHTTP(cfg.Worker.HTTPAddr, registry, c, checker)
 	if err != nil {
 		return err
 	}
@@ -98,24 +119,6 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 	}
 }
 
-// deps are the activity structs the worker registers, built once with their clients.
-type deps struct {
-	host *activities.Host
-}
-
-func activitiesFor(*config.Config) deps {
-	return deps{host: activities.NewHost()}
-}
-
-// register registers every workflow under its stable type name and every activity
-// struct's methods under their method names.
-func register(r worker.Registry, d deps) {
-	for _, def := range workflows.All() {
-		r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
-	}
-	r.RegisterActivityWithOptions(d.host, activity.RegisterOptions{})
-}
-
 // sdkMetrics exports the Temporal SDK's metrics (workflow/activity task latencies, poll
 // counts, failures …) through the Prometheus registry.
 func sdkMetrics(reg *prometheus.Registry) (client.MetricsHandler, error) {
@@ -129,10 +132,32 @@ func sdkMetrics(reg *prometheus.Registry) (client.MetricsHandler, error) {
 	}), nil
 }
 
-// serveHTTP serves /healthz and /metrics. The listener is bound before returning, so a
+// serveHTTP serves /healthz (the worker reaches Temporal), /health (backup freshness,
+// 503 when stale or the last run failed) and /metrics. The listener is bound before returning, so a
 // taken address is an error at start rather than a silent background failure.
-func serveHTTP(addr string, reg *prometheus.Registry, c client.Client) (*http.Server, <-chan error, error) {
+func serveHTTP(addr string, reg *prometheus.Registry, c client.Client, checker *health.Checker) (*http.Server, <-chan error, error) {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		var rep health.Report
+		var err error
+		if checker == nil {
+			rep = health.Report{At: time.Now().UTC(), Problems: []string{"backup store not configured (set S3_BUCKET and its credentials)"}}
+		} else {
+			ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+			rep, err = checker.Report(ctx)
+			cancel()
+			if err != nil {
+				rep = health.Report{At: time.Now().UTC(), Problems: []string{err.Error()}}
+			}
+		}
+		if !rep.Healthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rep)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)

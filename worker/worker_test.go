@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,16 +20,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.temporal.io/api/enums/v1"
-	historypb "go.temporal.io/api/history/v1"
-	"go.temporal.io/api/temporalproto"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
+	"github.com/kohakku/drflow/internal/historytest"
 	"github.com/kohakku/drflow/workflows"
 )
-
-var updateHistories = flag.Bool("update-histories", false, "rewrite the replay histories in workflows/testdata from this run")
 
 // workerProc is `worker --dev` running as a subprocess on fixed ports and a state dir.
 type workerProc struct {
@@ -89,7 +84,7 @@ func (w *workerProc) start() {
 		"--http-addr", w.http,
 	)
 	// The test's environment must not point the worker elsewhere.
-	w.cmd.Env = append(os.Environ(), "DRFLOW_CONFIG=", "TEMPORAL_ADDRESS=", "TEMPORAL_API_KEY=", "HOME="+w.stateDir)
+	w.cmd.Env = append(os.Environ(), "DRFLOW_CONFIG=", "TEMPORAL_ADDRESS=", "TEMPORAL_API_KEY=", "S3_BUCKET=", "HOME="+w.stateDir)
 	w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(w.t, w.cmd.Start())
@@ -251,14 +246,28 @@ func TestDevWorkerSurvivesSIGKILL(t *testing.T) {
 		assert.Contains(t, string(body), "go_goroutines")
 	})
 
+	t.Run("health without a backup store", func(t *testing.T) {
+		resp, err := http.Get("http://" + w.http + "/health")
+		require.NoError(t, err)
+		var rep struct {
+			Healthy  bool     `json:"healthy"`
+			Problems []string `json:"problems"`
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&rep))
+		_ = resp.Body.Close()
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		assert.False(t, rep.Healthy)
+		assert.Equal(t, []string{"backup store not configured (set S3_BUCKET and its credentials)"}, rep.Problems)
+	})
+
 	t.Run("namespace", func(t *testing.T) {
 		desc, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: "default"})
 		require.NoError(t, err)
 		assert.GreaterOrEqual(t, desc.Config.WorkflowExecutionRetentionTtl.AsDuration(), 30*24*time.Hour)
 	})
 
-	if *updateHistories {
-		writeHistory(ctx, t, c, run.GetID(), "../workflows/testdata/SelfCheck-worker-killed.json")
+	if *historytest.Update {
+		historytest.Write(ctx, t, c, run.GetID(), "../workflows/testdata/SelfCheck-worker-killed.json")
 	}
 	w.stop()
 }
@@ -288,20 +297,4 @@ func waitHeartbeat(ctx context.Context, t *testing.T, c client.Client, id string
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func writeHistory(ctx context.Context, t *testing.T, c client.Client, id, path string) {
-	t.Helper()
-	iter := c.GetWorkflowHistory(ctx, id, "", false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	hist := &historypb.History{}
-	for iter.HasNext() {
-		ev, err := iter.Next()
-		require.NoError(t, err)
-		hist.Events = append(hist.Events, ev)
-	}
-	b, err := temporalproto.CustomJSONMarshalOptions{Indent: "  "}.Marshal(hist)
-	require.NoError(t, err)
-	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-	require.NoError(t, os.WriteFile(path, append(b, '\n'), 0o644))
-	t.Logf("wrote %s (%d events)", path, len(hist.Events))
 }

@@ -12,6 +12,7 @@ type Definition struct {
 // All lists every workflow the worker registers, in documentation order.
 func All() []Definition {
 	return []Definition{
+		{Name: NightlyBackupName, Func: NightlyBackup, NewInput: func() any { return new(NightlyBackupInput) }},
 		{Name: SelfCheckName, Func: SelfCheck, NewInput: func() any { return new(SelfCheckInput) }},
 	}
 }
