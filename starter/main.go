@@ -4,6 +4,9 @@
 //	starter selfcheck [--steps N] [--wait]        prove a worker deployment end to end
 //	starter start TYPE [--input JSON] [--wait]    start any runbook by its workflow type
 //	starter progress WORKFLOW_ID                  show a run's steps
+//	starter backup [--wait]                       start a NightlyBackup now
+//	starter backups list                          sets in the backup store
+//	starter schedule create|describe|pause|unpause|trigger|delete
 //	starter demo [--keep]                         local stack + worker --dev + Web UI
 //
 // Connection settings come from the same configuration as the worker (TEMPORAL_*,
@@ -41,6 +44,9 @@ func commands() []command {
 		{"selfcheck", "[--steps N] [--step-interval D] [--wait]", "prove a worker deployment: heartbeats, retries, resume", runSelfCheck},
 		{"start", "TYPE [--input JSON] [--id ID] [--wait]", "start a runbook by workflow type", runStart},
 		{"progress", "WORKFLOW_ID", "show the steps of a run", runProgress},
+		{"backup", "[--input JSON] [--wait]", "start a NightlyBackup now", runBackup},
+		{"backups", "list [--json]", "list the sets in the backup store", runBackups},
+		{"schedule", "create|describe|pause|unpause|trigger|delete", "manage the nightly backup schedule", runSchedule},
 		{"demo", "[--keep] [--tasks N]", "bring up a local stack with worker --dev and the Web UI", runDemo},
 	}
 }
