@@ -52,6 +52,8 @@ type Config struct {
 	Postgres Postgres `json:"postgres"`
 	// Redis is the app's Redis.
 	Redis Redis `json:"redis"`
+	// SQLite is the SQLite database files backed up from the worker's host.
+	SQLite SQLite `json:"sqlite"`
 	// MinIO is the app's object store.
 	MinIO MinIO `json:"minio"`
 	// Backup is the S3-compatible store the backups are written to.
@@ -179,6 +181,37 @@ type Redis struct {
 	Addr string `json:"addr"`
 	// Password is the AUTH password (DRFLOW_REDIS_PASSWORD); "" for none.
 	Password Secret `json:"password"`
+}
+
+// SQLite names the SQLite database files that NightlyBackup snapshots.
+type SQLite struct {
+	// Databases are the files to back up, in the order given
+	// (DRFLOW_SQLITE_DATABASES); names are unique.
+	Databases []SQLiteDatabase `json:"databases"`
+}
+
+// SQLiteDatabase is one SQLite database file.
+type SQLiteDatabase struct {
+	// Name identifies the database in workflow inputs, store keys
+	// (sets/<id>/sqlite/<name>.db.zst) and the manifest: 1 to 63 lowercase
+	// letters, digits, - and _.
+	Name string `json:"name"`
+	// Path is the database file on the host of the worker that snapshots it;
+	// a relative path is relative to that worker's working directory.
+	Path string `json:"path"`
+}
+
+// Paths returns the databases as a map from name to path, the form the
+// SQLite activities take; nil when none are configured.
+func (s SQLite) Paths() map[string]string {
+	if len(s.Databases) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(s.Databases))
+	for _, d := range s.Databases {
+		m[d.Name] = d.Path
+	}
+	return m
 }
 
 // MinIO is the app's object store.
@@ -653,6 +686,11 @@ var variables = []*variable{
 	{env: "DRFLOW_REDIS_PASSWORD", key: "redis.password", example: "(the requirepass value)", secret: true,
 		store: secret(func(c *Config) *Secret { return &c.Redis.Password })},
 
+	// SQLite database files on the worker's host.
+	{env: "DRFLOW_SQLITE_DATABASES", key: "sqlite.databases",
+		example: "bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db", list: true,
+		storeList: sqliteDatabases},
+
 	// The app's MinIO.
 	{env: "DRFLOW_MINIO_ENDPOINT", key: "minio.endpoint", example: "127.0.0.1:9000",
 		store: minioEndpoint(func(c *Config) *string { return &c.MinIO.Endpoint })},
@@ -872,6 +910,37 @@ func databases(field func(*Config) *[]string) func(*Config, *variable, []string)
 	}
 }
 
+var sqliteNameRE = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
+
+// sqliteDatabases stores name=path entries. A name is what store keys and
+// workflow inputs use, so it is held to the rules of an identifier; the path
+// may hold anything but NUL, '=' included (the first '=' ends the name).
+func sqliteDatabases(c *Config, v *variable, items []string) error {
+	want := " (want e.g. " + v.example + ")"
+	dbs := make([]SQLiteDatabase, 0, len(items))
+	for _, it := range items {
+		name, path, ok := strings.Cut(it, "=")
+		name, path = strings.TrimSpace(name), strings.TrimSpace(path)
+		switch {
+		case !ok:
+			return fmt.Errorf("entry %q is not name=path%s", it, want)
+		case name == "":
+			return fmt.Errorf("entry %q has an empty name%s", it, want)
+		case !sqliteNameRE.MatchString(name):
+			return fmt.Errorf("%q is not a valid SQLite database name: use 1 to 63 lowercase letters, digits, - and _%s", name, want)
+		case path == "":
+			return fmt.Errorf("entry %q has an empty path%s", it, want)
+		case strings.ContainsRune(path, 0):
+			return fmt.Errorf("the path of %q contains a NUL byte%s", name, want)
+		case slices.ContainsFunc(dbs, func(d SQLiteDatabase) bool { return d.Name == name }):
+			return fmt.Errorf("name %q is listed twice%s", name, want)
+		}
+		dbs = append(dbs, SQLiteDatabase{Name: name, Path: path})
+	}
+	c.SQLite.Databases = dbs
+	return nil
+}
+
 // checkBucket applies the S3 bucket naming rules.
 func checkBucket(name string) error {
 	var why string
@@ -1033,6 +1102,9 @@ type fileConfig struct {
 		Addr     *fileValue `yaml:"addr"`
 		Password *fileValue `yaml:"password"`
 	} `yaml:"redis"`
+	SQLite struct {
+		Databases *fileValue `yaml:"databases"`
+	} `yaml:"sqlite"`
 	MinIO struct {
 		Endpoint  *fileValue `yaml:"endpoint"`
 		AccessKey *fileValue `yaml:"accessKey"`

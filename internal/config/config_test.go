@@ -121,6 +121,8 @@ func TestEnvironment(t *testing.T) {
 		{"DRFLOW_POSTGRES_DATABASES", " a , b ", func(c *Config) any { return c.Postgres.Databases }, []string{"kohakku-controller", "kohakku-dispatcher"}, []string{"a", "b"}},
 		{"DRFLOW_REDIS_ADDR", "redis:6380", func(c *Config) any { return c.Redis.Addr }, "127.0.0.1:6379", "redis:6380"},
 		{"DRFLOW_REDIS_PASSWORD", " rp ", func(c *Config) any { return c.Redis.Password }, Secret(""), Secret(" rp ")},
+		{"DRFLOW_SQLITE_DATABASES", " bunqueue = /var/lib/bunqueue/queue.db , drflow-dev=.drflow/temporal.db", func(c *Config) any { return c.SQLite.Databases },
+			[]SQLiteDatabase(nil), []SQLiteDatabase{{"bunqueue", "/var/lib/bunqueue/queue.db"}, {"drflow-dev", ".drflow/temporal.db"}}},
 		{"DRFLOW_MINIO_ENDPOINT", "minio:9000", func(c *Config) any { return c.MinIO.Endpoint }, "", "minio:9000"},
 		{"DRFLOW_MINIO_ACCESS_KEY", "ak", func(c *Config) any { return c.MinIO.AccessKey }, "", "ak"},
 		{"DRFLOW_MINIO_SECRET_KEY", "sk", func(c *Config) any { return c.MinIO.SecretKey }, Secret(""), Secret("sk")},
@@ -208,6 +210,15 @@ func TestBadValues(t *testing.T) {
 		{"DRFLOW_POSTGRES_DATABASES", strings.Repeat("d", 64), `DRFLOW_POSTGRES_DATABASES: database name "` + strings.Repeat("d", 64) + `" is longer than 63 bytes, which PostgreSQL truncates (want e.g. kohakku-controller,kohakku-dispatcher)`},
 		{"DRFLOW_REDIS_ADDR", "redis:six", `DRFLOW_REDIS_ADDR: "redis:six": port "six" is not a number from 1 to 65535 (want e.g. 127.0.0.1:6379)`},
 		{"DRFLOW_REDIS_ADDR", "redis:0", `DRFLOW_REDIS_ADDR: "redis:0": port "0" is not a number from 1 to 65535 (want e.g. 127.0.0.1:6379)`},
+		{"DRFLOW_SQLITE_DATABASES", "bunqueue=/a.db,bunqueue=/b.db", `DRFLOW_SQLITE_DATABASES: name "bunqueue" is listed twice (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "bunqueue=/a.db,bunqueue=/a.db", `DRFLOW_SQLITE_DATABASES: "bunqueue=/a.db" is listed twice in "bunqueue=/a.db,bunqueue=/a.db" (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "/var/lib/bunqueue/queue.db", `DRFLOW_SQLITE_DATABASES: entry "/var/lib/bunqueue/queue.db" is not name=path (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "bunqueue=/a.db,dev=", `DRFLOW_SQLITE_DATABASES: entry "dev=" has an empty path (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "=/a.db", `DRFLOW_SQLITE_DATABASES: entry "=/a.db" has an empty name (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "BunQueue=/a.db", `DRFLOW_SQLITE_DATABASES: "BunQueue" is not a valid SQLite database name: use 1 to 63 lowercase letters, digits, - and _ (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "bun.queue=/a.db", `DRFLOW_SQLITE_DATABASES: "bun.queue" is not a valid SQLite database name: use 1 to 63 lowercase letters, digits, - and _ (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", strings.Repeat("q", 64) + "=/a.db", `DRFLOW_SQLITE_DATABASES: "` + strings.Repeat("q", 64) + `" is not a valid SQLite database name: use 1 to 63 lowercase letters, digits, - and _ (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
+		{"DRFLOW_SQLITE_DATABASES", "bunqueue=/a\x00.db", `DRFLOW_SQLITE_DATABASES: the path of "bunqueue" contains a NUL byte (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`},
 		{"DRFLOW_MINIO_ENDPOINT", "http://minio:9000", `DRFLOW_MINIO_ENDPOINT: "http://minio:9000" has a scheme; want host:port (e.g. 127.0.0.1:9000) and DRFLOW_MINIO_SECURE=true for https`},
 		{"DRFLOW_MINIO_ENDPOINT", "minio", `DRFLOW_MINIO_ENDPOINT: "minio" is not a host:port address (want e.g. 127.0.0.1:9000)`},
 		{"DRFLOW_MINIO_BUCKETS", "kohakku,My_Bucket", `DRFLOW_MINIO_BUCKETS: "My_Bucket" is not a valid bucket name: only lowercase letters, digits, dots and hyphens are allowed (want e.g. kohakku)`},
@@ -330,7 +341,7 @@ func TestFileProblems(t *testing.T) {
 	}{
 		{"unknown keys", "backup:\n  bucket: ok-bucket\n  retention: 7\ns3:\n  bucket: x\ntemporal:\n  tls:\n    insecure: true\n", []string{
 			`FILE:3: unknown key "backup.retention" (known keys in backup: bucket, endpoint, region, accessKeyId, secretAccessKey, prefix, retentionDays, forcePathStyle)`,
-			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, minio, backup, worker)`,
+			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, sqlite, minio, backup, worker)`,
 			`FILE:8: unknown key "temporal.tls.insecure" (known keys in temporal.tls: enabled, clientCertPath, clientCertData, clientKeyPath, clientKeyData, serverCaCertPath, serverCaCertData, serverName, disableHostVerification)`,
 		}},
 		{"bad values name file, line and key", "backup:\n  retentionDays: seven\nminio:\n  secure: maybe\n", []string{
@@ -343,6 +354,9 @@ func TestFileProblems(t *testing.T) {
 		}},
 		{"list entries", "postgres:\n  databases: [a, '', b]\n", []string{
 			`FILE:2: postgres.databases: entry 2 is empty (want e.g. kohakku-controller,kohakku-dispatcher)`,
+		}},
+		{"sqlite entries", "sqlite:\n  databases:\n    - a=/a.db\n    - a=/b.db\n", []string{
+			`FILE:3: sqlite.databases: name "a" is listed twice (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`,
 		}},
 	}
 	for _, tt := range tests {
@@ -428,6 +442,53 @@ func TestDocsListEveryVariable(t *testing.T) {
 			assert.Equal(t, v.secret, strings.Contains(row, "🔒"), "secret marker")
 		})
 	}
+}
+
+// TestSQLiteDatabases covers the name=path list in its valid forms: the
+// environment, a YAML list, a comma string in the file, Set and Paths.
+func TestSQLiteDatabases(t *testing.T) {
+	want := []SQLiteDatabase{{"bunqueue", "/var/lib/bunqueue/queue.db"}, {"drflow_dev-2", ".drflow/temporal.db"}}
+	tests := []struct {
+		name string
+		env  string
+		file string
+		want []SQLiteDatabase
+	}{
+		{name: "unset", want: nil},
+		{name: "environment", env: "bunqueue=/var/lib/bunqueue/queue.db,drflow_dev-2=.drflow/temporal.db", want: want},
+		{name: "YAML list", file: "sqlite:\n  databases:\n    - bunqueue=/var/lib/bunqueue/queue.db\n    - drflow_dev-2 = .drflow/temporal.db\n", want: want},
+		{name: "comma string in the file", file: "sqlite:\n  databases: bunqueue=/var/lib/bunqueue/queue.db, drflow_dev-2=.drflow/temporal.db\n", want: want},
+		{name: "environment beats file", env: "x=/x.db", file: "sqlite:\n  databases: [a=/a.db]\n", want: []SQLiteDatabase{{"x", "/x.db"}}},
+		{name: "path with = and spaces", env: "q=/srv/my data/a=b.db", want: []SQLiteDatabase{{"q", "/srv/my data/a=b.db"}}},
+		{name: "a path twice under two names", env: "a=/x.db,b=/x.db", want: []SQLiteDatabase{{"a", "/x.db"}, {"b", "/x.db"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.file != "" {
+				path = writeFile(t, "drflow.yaml", tt.file)
+			}
+			c, err := Load(path, env(map[string]string{"DRFLOW_SQLITE_DATABASES": tt.env}))
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, c.SQLite.Databases)
+			if tt.want == nil {
+				assert.Nil(t, c.SQLite.Paths())
+				return
+			}
+			paths := map[string]string{}
+			for _, d := range tt.want {
+				paths[d.Name] = d.Path
+			}
+			assert.Equal(t, paths, c.SQLite.Paths())
+		})
+	}
+
+	c := Defaults()
+	require.NoError(t, c.Set("sqlite.databases", "a=/a.db"))
+	assert.Equal(t, []SQLiteDatabase{{"a", "/a.db"}}, c.SQLite.Databases)
+	assert.EqualError(t, c.Set("DRFLOW_SQLITE_DATABASES", "a=/a.db,A=/b.db"),
+		`DRFLOW_SQLITE_DATABASES: "A" is not a valid SQLite database name: use 1 to 63 lowercase letters, digits, - and _ (want e.g. bunqueue=/var/lib/bunqueue/queue.db,drflow-dev=.drflow/temporal.db)`)
+	assert.Equal(t, []SQLiteDatabase{{"a", "/a.db"}}, c.SQLite.Databases, "a failed Set changes nothing")
 }
 
 func TestRequire(t *testing.T) {
