@@ -3,6 +3,8 @@ package activities
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -213,12 +215,12 @@ func (b *BackupStore) readVerify(ctx context.Context, id string) (string, error)
 		Passed bool `json:"passed"`
 	}
 	if err := json.NewDecoder(io.LimitReader(rc, 16<<20)).Decode(&v); err != nil {
-		return "failed", nil
+		return VerifiedFailed, nil
 	}
 	if v.Passed {
-		return "passed", nil
+		return VerifiedPassed, nil
 	}
-	return "failed", nil
+	return VerifiedFailed, nil
 }
 
 // PreviousInput asks for the newest complete set older than Before ("" = newest overall).
@@ -289,7 +291,7 @@ func PlanRetention(sets []SetInfo, p RetentionPolicy, now time.Time) []string {
 		}
 		complete++
 		keep := complete <= p.KeepNewest || age <= time.Duration(p.Days)*24*time.Hour
-		if s.Verified == "passed" && !newestVerifiedKept {
+		if s.Verified == VerifiedPassed && !newestVerifiedKept {
 			newestVerifiedKept, keep = true, true
 		}
 		if !keep {
@@ -340,4 +342,170 @@ func (b *BackupStore) Sweep(ctx context.Context, in SweepInput) (SweepResult, er
 		activity.RecordHeartbeat(ctx, id)
 	}
 	return res, nil
+}
+
+// Verification verdicts recorded in verify.json and shown by ListSets.
+const (
+	VerifiedPassed = "passed"
+	VerifiedFailed = "failed"
+)
+
+// ErrSetUnverified: a restore asked for a verified set and the chosen set is not.
+const ErrSetUnverified = "SetUnverified"
+
+// VerifyCheck is one check of a verification run.
+type VerifyCheck struct {
+	// Name of the check: "postgres kohakku-controller", "redis default", "bucket kohakku".
+	Name string `json:"name"`
+	// Artifact key the check read.
+	Artifact string `json:"artifact"`
+	Passed   bool   `json:"passed"`
+	// Problems found, each naming the artifact and the figure.
+	Problems []string `json:"problems,omitempty"`
+	// RTO is what restoring this target from the set took in the drill (0 when the check
+	// restores nothing).
+	RTO time.Duration `json:"rto,omitempty"`
+	// Detail is a one-line summary of what was checked.
+	Detail string `json:"detail,omitempty"`
+}
+
+// VerifyReport is a set's verify.json: the verdict every restore trusts.
+type VerifyReport struct {
+	SetID      string        `json:"setId"`
+	Passed     bool          `json:"passed"`
+	VerifiedAt time.Time     `json:"verifiedAt"`
+	WorkflowID string        `json:"workflowId"`
+	RunID      string        `json:"runId"`
+	Drill      bool          `json:"drill"`
+	Restored   bool          `json:"restored"`
+	Checks     []VerifyCheck `json:"checks"`
+	// TotalRTO is the sum of the checks' RTOs: restoring the targets one after another.
+	TotalRTO time.Duration `json:"totalRto"`
+	// Elapsed is the wall time of the whole verification.
+	Elapsed time.Duration `json:"elapsed"`
+}
+
+// WriteVerify stores r as the set's verify.json (replacing an older verdict).
+func (b *BackupStore) WriteVerify(ctx context.Context, r VerifyReport) error {
+	if _, err := ParseSetID(r.SetID); err != nil {
+		return NonRetryable(ErrInvalidInput, err)
+	}
+	body, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return NonRetryable(ErrInvalidInput, fmt.Errorf("encode verify report: %w", err))
+	}
+	key := SetKey(r.SetID, VerifyName)
+	if _, err := b.Store.Put(ctx, key, bytes.NewReader(body), store.PutOptions{ContentType: "application/json", SizeHint: int64(len(body))}); err != nil {
+		return b.storeErr("put "+key, err)
+	}
+	return nil
+}
+
+// SelectSetInput chooses a set for a restore or a verification.
+type SelectSetInput struct {
+	// SetID names the set; "" picks the newest one that qualifies.
+	SetID string `json:"setId,omitempty"`
+	// RequireVerified: only a set whose verification passed qualifies (restores).
+	RequireVerified bool `json:"requireVerified,omitempty"`
+	// AllowFailed lets a named set that failed verification through (an operator's
+	// explicit override).
+	AllowFailed bool `json:"allowFailed,omitempty"`
+}
+
+// SelectedSet is the chosen set with its manifest and verdict.
+type SelectedSet struct {
+	Manifest Manifest `json:"manifest"`
+	// Verified is "passed", "failed" or "" (never verified).
+	Verified string `json:"verified"`
+}
+
+// PickSet applies in to sets (newest first, as ListSets returns them) and returns the id
+// of the chosen set. Incomplete sets never qualify. With RequireVerified and no SetID, the
+// newest set that passed; a named set that failed verification is refused unless
+// AllowFailed; a named set never verified is refused when RequireVerified.
+func PickSet(sets []SetInfo, in SelectSetInput) (string, error) {
+	if in.SetID != "" {
+		if _, err := ParseSetID(in.SetID); err != nil {
+			return "", NonRetryable(ErrInvalidInput, fmt.Errorf("input field \"setId\": %w", err))
+		}
+		for _, s := range sets {
+			if s.ID != in.SetID {
+				continue
+			}
+			switch {
+			case !s.Complete:
+				return "", NonRetryable(ErrSetNotFound, fmt.Errorf("set %s is incomplete (no manifest): it cannot be used", s.ID))
+			case s.Verified == VerifiedFailed && !in.AllowFailed:
+				return "", NonRetryable(ErrSetUnverified, fmt.Errorf("set %s failed verification (see its verify.json); pick another set or pass allowFailedVerification to use it anyway", s.ID))
+			case s.Verified == "" && in.RequireVerified && !in.AllowFailed:
+				return "", NonRetryable(ErrSetUnverified, fmt.Errorf("set %s has not been verified; run VerifyBackup on it first or pass allowFailedVerification", s.ID))
+			}
+			return s.ID, nil
+		}
+		return "", NonRetryable(ErrSetNotFound, fmt.Errorf("set %s does not exist in the backup store", in.SetID))
+	}
+	for _, s := range sets {
+		if !s.Complete {
+			continue
+		}
+		if in.RequireVerified && s.Verified != VerifiedPassed {
+			continue
+		}
+		return s.ID, nil
+	}
+	if in.RequireVerified {
+		return "", NonRetryable(ErrSetNotFound, errors.New("no complete set has passed verification; run VerifyBackup, or name a set and pass allowFailedVerification"))
+	}
+	return "", NonRetryable(ErrSetNotFound, errors.New("the backup store holds no complete set; run NightlyBackup first"))
+}
+
+// SelectSet picks a set (PickSet) and returns its manifest and verdict.
+func (b *BackupStore) SelectSet(ctx context.Context, in SelectSetInput) (SelectedSet, error) {
+	var out SelectedSet
+	sets, err := b.ListSets(ctx)
+	if err != nil {
+		return out, err
+	}
+	id, err := PickSet(sets, in)
+	if err != nil {
+		return out, err
+	}
+	for _, s := range sets {
+		if s.ID == id {
+			out.Verified = s.Verified
+		}
+	}
+	out.Manifest, err = b.ReadManifest(ctx, id)
+	return out, err
+}
+
+// CheckArtifact reads an artifact back from the store and compares its size and SHA-256
+// with the manifest. A mismatch is a finding in the returned check, not an error.
+func (b *BackupStore) CheckArtifact(ctx context.Context, a Artifact) (VerifyCheck, error) {
+	c := VerifyCheck{Name: a.Kind + " " + a.Source, Artifact: a.Key}
+	started := time.Now()
+	rc, err := b.Store.Get(ctx, a.Key)
+	if errors.Is(err, store.ErrNotFound) {
+		c.Problems = append(c.Problems, fmt.Sprintf("%s: missing from the store", a.Key))
+		return c, nil
+	}
+	if err != nil {
+		return c, b.storeErr("get "+a.Key, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return c, b.storeErr("read "+a.Key, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if n != a.Size {
+		c.Problems = append(c.Problems, fmt.Sprintf("%s: size mismatch: %d bytes in the store, %d in the manifest", a.Key, n, a.Size))
+	}
+	if sum != a.SHA256 {
+		c.Problems = append(c.Problems, fmt.Sprintf("%s: checksum mismatch: sha256 %s in the store, %s in the manifest", a.Key, sum, a.SHA256))
+	}
+	c.Passed = len(c.Problems) == 0
+	c.Detail = fmt.Sprintf("%d bytes, sha256 ok (%s)", n, time.Since(started).Round(time.Millisecond))
+	return c, nil
 }

@@ -165,3 +165,51 @@ func TestInventoryResolve(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `unknown bucket "x" (none configured)`)
 }
+
+func TestPickSet(t *testing.T) {
+	mk := func(id string, complete bool, verified string) activities.SetInfo {
+		return activities.SetInfo{ID: id, Complete: complete, Verified: verified}
+	}
+	// Newest first, as ListSets returns them.
+	sets := []activities.SetInfo{
+		mk("2026-11-21T02-00-00Z", false, ""),      // being written
+		mk("2026-11-20T02-00-00Z", true, ""),       // not verified yet
+		mk("2026-11-19T02-00-00Z", true, "failed"), // failed verification
+		mk("2026-11-18T02-00-00Z", true, "passed"), // newest verified
+		mk("2026-11-17T02-00-00Z", true, "passed"),
+	}
+	tests := []struct {
+		name    string
+		in      activities.SelectSetInput
+		want    string
+		wantErr string
+	}{
+		{"newest complete for a verification", activities.SelectSetInput{}, "2026-11-20T02-00-00Z", ""},
+		{"newest verified for a restore", activities.SelectSetInput{RequireVerified: true}, "2026-11-18T02-00-00Z", ""},
+		{"named verified set", activities.SelectSetInput{SetID: "2026-11-17T02-00-00Z", RequireVerified: true}, "2026-11-17T02-00-00Z", ""},
+		{"named failed set refused", activities.SelectSetInput{SetID: "2026-11-19T02-00-00Z", RequireVerified: true}, "", "failed verification"},
+		{"named failed set refused even for a plain pick", activities.SelectSetInput{SetID: "2026-11-19T02-00-00Z"}, "", "failed verification"},
+		{"named failed set with the override", activities.SelectSetInput{SetID: "2026-11-19T02-00-00Z", RequireVerified: true, AllowFailed: true}, "2026-11-19T02-00-00Z", ""},
+		{"named unverified set refused for a restore", activities.SelectSetInput{SetID: "2026-11-20T02-00-00Z", RequireVerified: true}, "", "has not been verified"},
+		{"named unverified set fine for a verification", activities.SelectSetInput{SetID: "2026-11-20T02-00-00Z"}, "2026-11-20T02-00-00Z", ""},
+		{"incomplete set refused", activities.SelectSetInput{SetID: "2026-11-21T02-00-00Z", AllowFailed: true}, "", "is incomplete"},
+		{"unknown set", activities.SelectSetInput{SetID: "2026-01-01T00-00-00Z"}, "", "does not exist"},
+		{"malformed set id", activities.SelectSetInput{SetID: "latest"}, "", `input field "setId"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := activities.PickSet(sets, tt.in)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	_, err := activities.PickSet(sets[:3], activities.SelectSetInput{RequireVerified: true})
+	assert.ErrorContains(t, err, "no complete set has passed verification")
+	_, err = activities.PickSet(sets[:1], activities.SelectSetInput{})
+	assert.ErrorContains(t, err, "holds no complete set")
+}

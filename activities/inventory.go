@@ -18,6 +18,8 @@ type Inventory struct {
 	// Redis instances by name; "default" is DRFLOW_REDIS_ADDR.
 	Redis   []string
 	Buckets []string
+	// SQLite databases by name (DRFLOW_SQLITE_DATABASES).
+	SQLite []string
 	// Retention is the configured policy (S3_BACKUP_RETENTION days).
 	Retention RetentionPolicy
 }
@@ -27,6 +29,7 @@ type TargetsInput struct {
 	Databases []string `json:"databases,omitempty"`
 	Redis     []string `json:"redis,omitempty"`
 	Buckets   []string `json:"buckets,omitempty"`
+	SQLite    []string `json:"sqlite,omitempty"`
 }
 
 // Targets are resolved, configured targets and the retention policy.
@@ -34,6 +37,7 @@ type Targets struct {
 	Databases []string        `json:"databases"`
 	Redis     []string        `json:"redis"`
 	Buckets   []string        `json:"buckets"`
+	SQLite    []string        `json:"sqlite,omitempty"`
 	Retention RetentionPolicy `json:"retention"`
 }
 
@@ -64,6 +68,9 @@ func (inv *Inventory) Resolve(_ context.Context, in TargetsInput) (Targets, erro
 		return t, err
 	}
 	if t.Buckets, err = pick("buckets", "bucket", in.Buckets, inv.Buckets); err != nil {
+		return t, err
+	}
+	if t.SQLite, err = pick("sqlite", "SQLite database", in.SQLite, inv.SQLite); err != nil {
 		return t, err
 	}
 	t.Retention = inv.Retention

@@ -21,8 +21,33 @@ import (
 	"github.com/kohakku/drflow/workflows"
 )
 
-// DefaultScheduleID is the id of the nightly backup schedule `schedule create` makes.
-const DefaultScheduleID = "drflow-nightly-backup"
+// Schedule ids `schedule create` makes: the nightly backup, and with --drill the weekly drill.
+const (
+	DefaultScheduleID = "drflow-nightly-backup"
+	DrillScheduleID   = "drflow-weekly-drill"
+)
+
+// runDrill starts VerifyBackup on demand: the same verification every nightly set gets,
+// marked DrDrill so drills are easy to find in the Web UI.
+func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("drill", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c conn
+	c.flags(fs)
+	set := fs.String("set", "", "set id to verify (default: the newest complete set)")
+	noRestore := fs.Bool("no-restore", false, "check checksums and structure only, restore nothing")
+	sample := fs.Int("sample", 100, "mirrored objects per bucket to read back")
+	wait := fs.Bool("wait", true, "wait, showing each step as it completes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	restore := !*noRestore
+	in, err := json.Marshal(workflows.VerifyBackupInput{SetID: *set, Restore: &restore, SampleObjects: *sample})
+	if err != nil {
+		return err
+	}
+	return startWorkflow(ctx, &c, workflows.VerifyBackupName, in, "drill-"+time.Now().UTC().Format("20060102T150405Z"), *wait, stdout)
+}
 
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
@@ -116,18 +141,29 @@ func runSchedule(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.SetOutput(stderr)
 	var c conn
 	c.flags(fs)
-	id := fs.String("id", DefaultScheduleID, "schedule id")
-	cron := fs.String("cron", "0 2 * * *", "with create: when to run, cron in UTC (default daily 02:00)")
+	drill := fs.Bool("drill", false, "the weekly drill schedule (VerifyBackup) instead of the nightly backup")
+	id := fs.String("id", "", "schedule id (default "+DefaultScheduleID+", with --drill "+DrillScheduleID+")")
+	cron := fs.String("cron", "", "with create: when to run, cron in UTC (default daily 02:00; with --drill Sundays 04:00)")
 	catchup := fs.Duration("catchup-window", 6*time.Hour, "with create: how late a missed run may still start (e.g. after an outage)")
-	input := fs.String("input", "{}", "with create: NightlyBackup input as JSON")
+	input := fs.String("input", "{}", "with create: the workflow input as JSON")
 	note := fs.String("note", "", "with pause/unpause: why")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
+	typ, defID, defCron := workflows.NightlyBackupName, DefaultScheduleID, "0 2 * * *"
+	if *drill {
+		typ, defID, defCron = workflows.VerifyBackupName, DrillScheduleID, "0 4 * * 0"
+	}
+	if *id == "" {
+		*id = defID
+	}
+	if *cron == "" {
+		*cron = defCron
+	}
 	var in any
 	if sub == "create" {
 		var err error
-		if in, err = decodeInput(workflows.NightlyBackupName, []byte(*input)); err != nil {
+		if in, err = decodeInput(typ, []byte(*input)); err != nil {
 			return err
 		}
 		if strings.Count(strings.TrimSpace(*cron), " ") != 4 {
@@ -149,13 +185,13 @@ func runSchedule(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			Overlap:        enumspb.SCHEDULE_OVERLAP_POLICY_SKIP,
 			CatchupWindow:  *catchup,
 			PauseOnFailure: false,
-			Note:           "nightly backup, created by starter",
+			Note:           typ + ", created by starter",
 			// The server turns cron into calendar specs; the memo keeps the text the
 			// operator wrote, for describe.
 			Memo: map[string]any{"cron": *cron},
 			Action: &client.ScheduleWorkflowAction{
-				ID:        "nightly-backup",
-				Workflow:  workflows.NightlyBackupName,
+				ID:        strings.TrimPrefix(*id, "drflow-"),
+				Workflow:  typ,
 				Args:      []any{in},
 				TaskQueue: c.cfg.Temporal.TaskQueue,
 			},

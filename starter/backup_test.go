@@ -65,6 +65,16 @@ func TestScheduleLifecycle(t *testing.T) {
 	_, err = starter(t, "schedule", "describe")
 	require.Error(t, err)
 
+	out, err = starter(t, "schedule", "create", "--drill")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "created schedule drflow-weekly-drill: 0 4 * * 0 (UTC)")
+	out, err = starter(t, "schedule", "describe", "--drill")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "VerifyBackup, created by starter")
+	assert.Regexp(t, `next: \d{4}-\d\d-\d\dT04:00:00Z`, out)
+	_, err = starter(t, "schedule", "create", "--drill", "--input", `{"steps": 3}`)
+	assert.ErrorContains(t, err, `input for VerifyBackup: json: unknown field "steps"`)
+
 	_, err = starter(t, "schedule", "create", "--cron", "daily")
 	assert.ErrorContains(t, err, `--cron "daily": want 5 fields`)
 	_, err = starter(t, "schedule", "create", "--input", `{"database": ["x"]}`)

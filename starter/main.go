@@ -6,6 +6,7 @@
 //	starter progress WORKFLOW_ID                  show a run's steps
 //	starter backup [--wait]                       start a NightlyBackup now
 //	starter backups list                          sets in the backup store
+//	starter drill [--set ID]                      VerifyBackup now (a DR drill)
 //	starter schedule create|describe|pause|unpause|trigger|delete
 //	starter demo [--keep]                         local stack + worker --dev + Web UI
 //
@@ -46,6 +47,7 @@ func commands() []command {
 		{"progress", "WORKFLOW_ID", "show the steps of a run", runProgress},
 		{"backup", "[--input JSON] [--wait]", "start a NightlyBackup now", runBackup},
 		{"backups", "list [--json]", "list the sets in the backup store", runBackups},
+		{"drill", "[--set ID] [--no-restore] [--wait]", "verify a set now: restore into scratch targets, measure RTO", runDrill},
 		{"schedule", "create|describe|pause|unpause|trigger|delete", "manage the nightly backup schedule", runSchedule},
 		{"demo", "[--keep] [--tasks N]", "bring up a local stack with worker --dev and the Web UI", runDemo},
 	}

@@ -21,12 +21,18 @@ type NightlyBackupInput struct {
 	Databases []string `json:"databases,omitempty"`
 	// Buckets to mirror, by name from DRFLOW_MINIO_BUCKETS (default: all).
 	Buckets []string `json:"buckets,omitempty"`
+	// SQLite databases to snapshot, by name from DRFLOW_SQLITE_DATABASES (default: all).
+	SQLite []string `json:"sqlite,omitempty"`
 	// SkipRedis leaves the Redis RDB out of the set.
 	SkipRedis bool `json:"skipRedis,omitempty"`
 	// SkipObjects leaves the object mirror out of the set.
 	SkipObjects bool `json:"skipObjects,omitempty"`
 	// SkipRetention skips the retention sweep after the set is complete.
 	SkipRetention bool `json:"skipRetention,omitempty"`
+	// SkipVerify does not start VerifyBackup on the new set.
+	SkipVerify bool `json:"skipVerify,omitempty"`
+	// VerifyRestore restores into scratch targets when verifying (default true).
+	VerifyRestore *bool `json:"verifyRestore,omitempty"`
 	// AnomalyThreshold is the fraction by which a dump's size, a table's row count or a
 	// Redis key count may change from the previous set before a warning (default 0.5).
 	AnomalyThreshold float64 `json:"anomalyThreshold,omitempty"`
@@ -42,6 +48,8 @@ type NightlyBackupResult struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Sweep is the retention sweep's report.
 	Sweep activities.SweepResult `json:"sweep"`
+	// Verify is the child VerifyBackup's report (absent with skipVerify).
+	Verify *activities.VerifyReport `json:"verify,omitempty"`
 	// Elapsed is workflow time from start to the end of the sweep.
 	Elapsed Duration `json:"elapsed"`
 }
@@ -139,6 +147,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 		bs    *activities.BackupStore
 		pg    *activities.Postgres
 		rd    *activities.Redis
+		sq    *activities.SQLite
 		objs  *activities.Objects
 		tgts  activities.Targets
 		prev  *activities.Manifest
@@ -148,7 +157,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 	// Preflight: resolve targets against config, check the store, read the previous set.
 	t.start(ctx, stepPreflight)
 	mctx := workflow.WithActivityOptions(ctx, metadataActivityOptions("resolve targets"))
-	err = workflow.ExecuteActivity(mctx, inv.Resolve, activities.TargetsInput{Databases: in.Databases, Buckets: in.Buckets}).Get(ctx, &tgts)
+	err = workflow.ExecuteActivity(mctx, inv.Resolve, activities.TargetsInput{Databases: in.Databases, Buckets: in.Buckets, SQLite: in.SQLite}).Get(ctx, &tgts)
 	if err == nil {
 		// Few attempts: a store that is down or misconfigured fails the run in seconds
 		// with the reason, and the next scheduled run tries again.
@@ -165,11 +174,11 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 	if in.SkipObjects {
 		tgts.Buckets = nil
 	}
-	t.finish(ctx, stepPreflight, fmt.Sprintf("set %s: %d databases, %d redis, %d buckets", res.SetID, len(tgts.Databases), len(tgts.Redis), len(tgts.Buckets)), err)
+	t.finish(ctx, stepPreflight, fmt.Sprintf("set %s: %d databases, %d redis, %d sqlite, %d buckets", res.SetID, len(tgts.Databases), len(tgts.Redis), len(tgts.SQLite), len(tgts.Buckets)), err)
 	if err != nil {
 		return res, fmt.Errorf("preflight: %w", err)
 	}
-	if len(tgts.Databases)+len(tgts.Redis)+len(tgts.Buckets) == 0 {
+	if len(tgts.Databases)+len(tgts.Redis)+len(tgts.SQLite)+len(tgts.Buckets) == 0 {
 		return res, temporal.NewNonRetryableApplicationError("nothing to back up: no databases, Redis or buckets configured or selected", ErrInvalidInput, nil)
 	}
 
@@ -181,7 +190,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 	}
 	sel := workflow.NewSelector(ctx)
 	var steps []pending
-	arts := make([]activities.Artifact, len(tgts.Databases)+len(tgts.Redis))
+	arts := make([]activities.Artifact, len(tgts.Databases)+len(tgts.Redis)+len(tgts.SQLite))
 	mirrors := make([]activities.MirrorResult, len(tgts.Buckets))
 	add := func(step string, f workflow.Future, done func(workflow.Future) (string, error)) {
 		t.start(ctx, step)
@@ -214,6 +223,18 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 				return "", err
 			}
 			return fmt.Sprintf("%d keys, %s → %s", arts[i].KeyCount, byteSize(arts[i].RawSize), byteSize(arts[i].Size)), nil
+		})
+	}
+	for j, name := range tgts.SQLite {
+		i, name := len(tgts.Databases)+len(tgts.Redis)+j, name
+		f := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, backupActivityOptions("sqlite snapshot "+name)), sq.Snapshot, activities.SQLiteInput{
+			SetID: res.SetID, Name: name, Key: activities.SQLiteKey(res.SetID, name),
+		})
+		add("sqlite "+name, f, func(f workflow.Future) (string, error) {
+			if err := f.Get(ctx, &arts[i]); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("tables %v, %s → %s", arts[i].RowCounts, byteSize(arts[i].RawSize), byteSize(arts[i].Size)), nil
 		})
 	}
 	for i, b := range tgts.Buckets {
@@ -288,25 +309,52 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 		}
 		res.Sweep = sweep
 	}
+	// Every set is verified as soon as it is complete. Runs recorded before the child
+	// existed replay without it.
+	if workflow.GetVersion(ctx, "verify-child", workflow.DefaultVersion, 1) == 1 && !in.SkipVerify {
+		const stepVerify = "verify (child VerifyBackup)"
+		t.start(ctx, stepVerify)
+		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+			WorkflowID: "verify-" + res.SetID,
+			TaskQueue:  info.TaskQueueName,
+		})
+		var vr VerifyBackupResult
+		err := workflow.ExecuteChildWorkflow(cctx, VerifyBackupName, VerifyBackupInput{SetID: res.SetID, Restore: in.VerifyRestore}).Get(ctx, &vr)
+		t.finish(ctx, stepVerify, fmt.Sprintf("passed=%v, total RTO %s", vr.Report.Passed, vr.Report.TotalRTO), err)
+		if err != nil {
+			// The set is complete but not trustworthy: fail the run so /health and
+			// alerts see it.
+			return res, fmt.Errorf("set %s was written but failed verification: %w", res.SetID, err)
+		}
+		res.Verify = &vr.Report
+	}
 	res.Elapsed = Duration(workflow.Now(ctx).Sub(started))
 	return res, nil
 }
 
 // Anomalies compares a new set's figures with the previous set's and returns one warning
-// per figure that moved by more than threshold (a fraction), plus any drop in a bucket's
-// object count. prev nil (first backup) yields none.
+// per figure that moved by more than threshold (a fraction) and by more than a small floor
+// (100 rows or keys, 64 KiB of dump), plus any drop in a bucket's object count. prev nil
+// (first backup) yields none.
 func Anomalies(prev *activities.Manifest, arts []activities.Artifact, mirrors []activities.MirrorResult, threshold float64) []string {
 	if prev == nil {
 		return nil
 	}
 	var warns []string
-	changed := func(old, cur int64) bool {
+	// A figure must move by more than the threshold fraction and by more than a floor:
+	// small tables and tiny dumps swing by large fractions without meaning anything.
+	const minRows, minBytes = 100, 64 << 10
+	changedBy := func(old, cur, floor int64) bool {
+		if d := cur - old; d < floor && -d < floor {
+			return false
+		}
 		if old == 0 {
-			return cur != 0
+			return true
 		}
 		d := float64(cur-old) / float64(old)
 		return d > threshold || d < -threshold
 	}
+	changed := func(old, cur int64) bool { return changedBy(old, cur, minRows) }
 	pct := func(old, cur int64) string {
 		if old == 0 {
 			return "from 0"
@@ -324,7 +372,7 @@ func Anomalies(prev *activities.Manifest, arts []activities.Artifact, mirrors []
 		if old == nil {
 			continue
 		}
-		if changed(old.RawSize, a.RawSize) {
+		if changedBy(old.RawSize, a.RawSize, minBytes) {
 			warns = append(warns, fmt.Sprintf("%s %s: dump size %s → %s (%s) since set %s", a.Kind, a.Source, byteSize(old.RawSize), byteSize(a.RawSize), pct(old.RawSize, a.RawSize), prev.SetID))
 		}
 		for _, table := range sortedKeys(a.RowCounts) {

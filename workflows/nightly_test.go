@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/kohakku/drflow/activities"
 	"github.com/kohakku/drflow/workflows"
@@ -27,11 +28,12 @@ type nightlyMocks struct {
 	env      *testsuite.TestWorkflowEnvironment
 	manifest *activities.Manifest
 	sweeps   int
+	verified []string
 }
 
 // nightlyFaults makes one mocked activity fail.
 type nightlyFaults struct {
-	resolve, rdb error
+	resolve, rdb, verify error
 }
 
 func newNightlyEnv(t *testing.T, prev *activities.Manifest, faults ...nightlyFaults) *nightlyMocks {
@@ -76,6 +78,15 @@ func newNightlyEnv(t *testing.T, prev *activities.Manifest, faults ...nightlyFau
 			m.manifest = &man
 			return activities.Artifact{}, nil
 		})
+	env.RegisterWorkflowWithOptions(workflows.VerifyBackup, workflow.RegisterOptions{Name: workflows.VerifyBackupName})
+	env.OnWorkflow(workflows.VerifyBackupName, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in workflows.VerifyBackupInput) (workflows.VerifyBackupResult, error) {
+			m.verified = append(m.verified, in.SetID)
+			if f.verify != nil {
+				return workflows.VerifyBackupResult{}, f.verify
+			}
+			return workflows.VerifyBackupResult{Report: activities.VerifyReport{SetID: in.SetID, Passed: true}}, nil
+		})
 	env.OnActivity(bs.Sweep, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SweepInput) (activities.SweepResult, error) {
 			m.sweeps++
@@ -111,6 +122,9 @@ func TestNightlyBackupWritesManifestLast(t *testing.T) {
 	assert.Equal(t, "mirror/kohakku/", man.Mirrors[0].Prefix)
 	assert.Empty(t, res.Warnings, "first backup: nothing to compare")
 	assert.Equal(t, 1, m.sweeps)
+	assert.Equal(t, []string{res.SetID}, m.verified, "the new set is verified by a child VerifyBackup")
+	require.NotNil(t, res.Verify)
+	assert.True(t, res.Verify.Passed)
 
 	v, err := m.env.QueryWorkflow(workflows.ProgressQuery)
 	require.NoError(t, err)
@@ -122,13 +136,13 @@ func TestNightlyBackupWritesManifestLast(t *testing.T) {
 		assert.Equal(t, workflows.StepCompleted, s.Status, s.Name)
 	}
 	assert.Equal(t, []string{"preflight", "dump kohakku-controller", "dump kohakku-dispatcher", "redis default", "mirror kohakku",
-		"anomaly checks", "write manifest", "retention sweep"}, names)
+		"anomaly checks", "write manifest", "retention sweep", "verify (child VerifyBackup)"}, names)
 }
 
 func TestNightlyBackupWarnsOnAnomalies(t *testing.T) {
 	prev := &activities.Manifest{SetID: "2026-11-20T02-00-00Z",
 		Artifacts: []activities.Artifact{
-			{Kind: activities.KindPostgres, Source: "kohakku-controller", RawSize: 3000, RowCounts: map[string]int64{"tasks_task": 520}},
+			{Kind: activities.KindPostgres, Source: "kohakku-controller", RawSize: 3 << 20, RowCounts: map[string]int64{"tasks_task": 520}},
 			{Kind: activities.KindPostgres, Source: "kohakku-dispatcher", RawSize: 1000},
 			{Kind: activities.KindRedis, Source: "default", KeyCount: 400, RawSize: 10},
 		},
@@ -140,7 +154,7 @@ func TestNightlyBackupWarnsOnAnomalies(t *testing.T) {
 	var res workflows.NightlyBackupResult
 	require.NoError(t, m.env.GetWorkflowResult(&res))
 	assert.Equal(t, []string{
-		"postgres kohakku-controller: dump size 2.9 KiB → 1000 B (-67%) since set 2026-11-20T02-00-00Z",
+		"postgres kohakku-controller: dump size 3.0 MiB → 1000 B (-100%) since set 2026-11-20T02-00-00Z",
 		"redis default: keys 400 → 40 (-90%) since set 2026-11-20T02-00-00Z",
 		"bucket kohakku: object count dropped 100 → 90 (-10%) since set 2026-11-20T02-00-00Z",
 	}, res.Warnings, "tasks_task 520 → 500 is within the threshold; dispatcher unchanged")
@@ -192,4 +206,31 @@ func TestNightlyBackupUnknownTarget(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `unknown database "nope"`)
 	assert.Nil(t, m.manifest)
+}
+
+func TestNightlyBackupFailsWhenVerificationFails(t *testing.T) {
+	m := newNightlyEnv(t, nil, nightlyFaults{
+		verify: temporal.NewNonRetryableApplicationError("checksum mismatch", workflows.ErrVerificationFailed, nil),
+	})
+	m.env.ExecuteWorkflow(workflows.NightlyBackup, workflows.NightlyBackupInput{})
+	err := m.env.GetWorkflowError()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "was written but failed verification")
+	assert.NotNil(t, m.manifest, "the set itself is complete")
+}
+
+func TestNightlyBackupSkipVerify(t *testing.T) {
+	m := newNightlyEnv(t, nil)
+	m.env.ExecuteWorkflow(workflows.NightlyBackup, workflows.NightlyBackupInput{SkipVerify: true})
+	require.NoError(t, m.env.GetWorkflowError())
+	assert.Empty(t, m.verified)
+}
+
+func TestAnomaliesFloor(t *testing.T) {
+	prev := &activities.Manifest{SetID: "p", Artifacts: []activities.Artifact{
+		{Kind: activities.KindSQLite, Source: "s", RawSize: 40 << 10, RowCounts: map[string]int64{"small": 3, "big": 1000}},
+	}}
+	cur := []activities.Artifact{{Kind: activities.KindSQLite, Source: "s", RawSize: 90 << 10, RowCounts: map[string]int64{"small": 80, "big": 2000}}}
+	assert.Equal(t, []string{"sqlite s: big rows 1000 → 2000 (+100%) since set p"}, workflows.Anomalies(prev, cur, nil, 0.5),
+		"3 → 80 rows and 40 → 90 KiB are below the floors")
 }

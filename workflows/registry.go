@@ -13,6 +13,7 @@ type Definition struct {
 func All() []Definition {
 	return []Definition{
 		{Name: NightlyBackupName, Func: NightlyBackup, NewInput: func() any { return new(NightlyBackupInput) }},
+		{Name: VerifyBackupName, Func: VerifyBackup, NewInput: func() any { return new(VerifyBackupInput) }},
 		{Name: SelfCheckName, Func: SelfCheck, NewInput: func() any { return new(SelfCheckInput) }},
 	}
 }

@@ -30,6 +30,7 @@ type Activities struct {
 	Postgres    *activities.Postgres
 	Redis       *activities.Redis
 	Objects     *activities.Objects
+	SQLite      *activities.SQLite
 }
 
 // New builds the activities for cfg. Parts that are not configured are left out of the
@@ -91,6 +92,10 @@ func New(ctx context.Context, cfg *config.Config) (*Activities, error) {
 		a.Objects.Client = mc
 		a.Inventory.Buckets = append(a.Inventory.Buckets, cfg.MinIO.Buckets...)
 	}
+	a.SQLite = &activities.SQLite{Databases: cfg.SQLite.Paths(), Store: st}
+	for _, db := range cfg.SQLite.Databases {
+		a.Inventory.SQLite = append(a.Inventory.SQLite, db.Name)
+	}
 	if st == nil {
 		// Without a store nothing can be written; the sources stay listed so the error
 		// a run gets is about the store, which is what needs fixing.
@@ -120,7 +125,7 @@ func Register(r worker.Registry, a *Activities) error {
 	for _, def := range workflows.All() {
 		r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
 	}
-	for _, s := range []any{a.Host, a.Inventory, a.BackupStore, a.Postgres, a.Redis, a.Objects} {
+	for _, s := range []any{a.Host, a.Inventory, a.BackupStore, a.Postgres, a.Redis, a.Objects, a.SQLite} {
 		r.RegisterActivityWithOptions(s, activity.RegisterOptions{})
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -42,6 +43,8 @@ import (
 	"github.com/kohakku/drflow/internal/stack/stacktest"
 	"github.com/kohakku/drflow/schemas"
 	"github.com/kohakku/drflow/workflows"
+
+	_ "modernc.org/sqlite"
 )
 
 const backupBucket = "drflow-backups"
@@ -75,6 +78,8 @@ func stackEnv(st *stack.Stack, extra map[string]string) map[string]string {
 		"S3_FORCE_PATH_STYLE":       "true",
 		"HOME":                      os.TempDir(), // no developer's Temporal profile
 		"DRFLOW_POSTGRES_DATABASES": schemas.ControllerDB + "," + schemas.DispatcherDB,
+		// A live SQLite database to snapshot: the embedded Temporal server's own state.
+		"DRFLOW_SQLITE_DATABASES": "drflow-temporal=" + filepath.Join(st.Temporal.StateDir(), "temporal.db"),
 	}
 	for k, v := range extra {
 		m[k] = v
@@ -213,8 +218,8 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 	assert.Equal(t, 1.0, healthy(), "the manifest write refreshed the cached report")
 	n, err := testutil.GatherAndCount(e.metrics, "drflow_backup_last_success_timestamp_seconds")
 	require.NoError(t, err)
-	assert.Equal(t, 4, n, "one series per source")
-	require.Len(t, man.Artifacts, 4, "2 dumps, 1 rdb, 1 listing")
+	assert.Equal(t, 5, n, "one series per source")
+	require.Len(t, man.Artifacts, 5, "2 dumps, 1 rdb, 1 sqlite, 1 listing")
 	if *historytest.Update {
 		historytest.Write(ctx, t, e.c, "nightly-e2e-1", "../../workflows/testdata/NightlyBackup-e2e.json")
 	}
@@ -227,7 +232,7 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 	require.NoError(t, schemas.Validate(schemas.ManifestSchemaFile, b), "manifest.json against its JSON Schema")
 	require.NoError(t, json.Unmarshal(b, &stored))
 	assert.Equal(t, res.SetID, stored.SetID)
-	assert.Len(t, stored.Artifacts, 4)
+	assert.Len(t, stored.Artifacts, 5)
 
 	dir := t.TempDir()
 	for _, a := range man.Artifacts {
@@ -248,6 +253,8 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 			checkRDB(ctx, t, e, a, raw, dir)
 		case activities.KindListing:
 			checkListing(ctx, t, e, a, raw)
+		case activities.KindSQLite:
+			checkSQLite(ctx, t, a, raw)
 		}
 	}
 	require.Len(t, man.Mirrors, 1)
@@ -273,7 +280,7 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 		names = append(names, s.Name)
 		assert.Equal(t, res2.SetID, s.Set)
 	}
-	assert.Equal(t, []string{"bucket/kohakku", "postgres/kohakku-controller", "postgres/kohakku-dispatcher", "redis/default"}, names)
+	assert.Equal(t, []string{"bucket/kohakku", "postgres/kohakku-controller", "postgres/kohakku-dispatcher", "redis/default", "sqlite/drflow-temporal"}, names)
 	require.NotNil(t, rep.LastRun)
 	assert.Equal(t, "Completed", rep.LastRun.Status)
 
@@ -381,6 +388,24 @@ func checkListing(ctx context.Context, t *testing.T, e *env, a activities.Artifa
 		mirror[strings.TrimPrefix(o.Key, prefix)] = o.Size
 	}
 	assert.Equal(t, source, mirror, "mirror = source bucket (keys and sizes)")
+}
+
+// checkSQLite opens the decoded snapshot with SQLite itself: integrity and row counts.
+func checkSQLite(ctx context.Context, t *testing.T, a activities.Artifact, raw string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+raw+"?mode=ro")
+	require.NoError(t, err)
+	defer db.Close()
+	var ok string
+	require.NoError(t, db.QueryRowContext(ctx, "PRAGMA integrity_check").Scan(&ok))
+	assert.Equal(t, "ok", ok)
+	require.NotEmpty(t, a.RowCounts)
+	for table, want := range a.RowCounts {
+		var got int64
+		require.NoError(t, db.QueryRowContext(ctx, `SELECT count(*) FROM "`+strings.ReplaceAll(table, `"`, `""`)+`"`).Scan(&got))
+		assert.Equal(t, want, got, "sqlite table %s", table)
+	}
+	assert.Contains(t, a.RowCounts, "executions", "the Temporal state has its executions table")
 }
 
 func freePort(t *testing.T) int {

@@ -63,6 +63,8 @@ func SourceOf(arg any) string {
 		return activities.KindPostgres + "/" + in.Database
 	case activities.RDBInput:
 		return activities.KindRedis + "/" + in.Instance
+	case activities.SQLiteInput:
+		return activities.KindSQLite + "/" + in.Name
 	case activities.MirrorInput:
 		return "bucket/" + in.Bucket
 	}
