@@ -298,39 +298,10 @@ func (p *Postgres) pgDumpArgs(snapshot, connURL string) []string {
 	return append(args, "--dbname="+connURL)
 }
 
-// startHeartbeat calls beat every HeartbeatInterval until the returned stop is
-// called; stop returns once the last call has finished, and may be called again.
+// startHeartbeat calls beat every HeartbeatInterval (see heartbeatEvery) until the
+// returned stop is called.
 func (p *Postgres) startHeartbeat(ctx context.Context, beat func()) (stop func()) {
-	every := p.HeartbeatInterval
-	if every <= 0 {
-		every = 10 * time.Second
-		if hb := activity.GetInfo(ctx).HeartbeatTimeout; hb > 0 && hb/3 < every {
-			every = max(hb/3, 100*time.Millisecond)
-		}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				beat()
-			}
-		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() { close(done) })
-		wg.Wait()
-	}
+	return startHeartbeat(ctx, p.HeartbeatInterval, beat)
 }
 
 // exitReader is pg_dump's standard output. At the end of the stream it waits for

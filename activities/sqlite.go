@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -466,35 +465,7 @@ func displayPath(path string) string {
 	return path
 }
 
-// startSQLiteHeartbeat calls beat every third of the activity's heartbeat
-// timeout (at most 10s, at least 100ms) until the returned stop is called;
-// stop returns once the last call has finished, and may be called again.
+// startSQLiteHeartbeat heartbeats at the default pace (see startHeartbeat).
 func startSQLiteHeartbeat(ctx context.Context, beat func()) (stop func()) {
-	every := 10 * time.Second
-	if hb := activity.GetInfo(ctx).HeartbeatTimeout; hb > 0 && hb/3 < every {
-		every = max(hb/3, 100*time.Millisecond)
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				beat()
-			}
-		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() { close(done) })
-		wg.Wait()
-	}
+	return startHeartbeat(ctx, 0, beat)
 }

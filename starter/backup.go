@@ -18,6 +18,7 @@ import (
 
 	"github.com/kohakku/drflow/internal/app"
 	"github.com/kohakku/drflow/internal/config"
+	"github.com/kohakku/drflow/internal/units"
 	"github.com/kohakku/drflow/workflows"
 )
 
@@ -113,22 +114,9 @@ func runBackups(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if verified == "" {
 			verified = "unverified"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, state, verified, humanBytes(s.Bytes), s.Objects, now.Sub(s.Time).Round(time.Minute))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, state, verified, units.Bytes(s.Bytes), s.Objects, now.Sub(s.Time).Round(time.Minute))
 	}
 	return tw.Flush()
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // runSchedule manages the Temporal Schedule that starts NightlyBackup.

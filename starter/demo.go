@@ -22,6 +22,7 @@ import (
 
 	"github.com/kohakku/drflow/internal/kohakku"
 	"github.com/kohakku/drflow/internal/stack"
+	"github.com/kohakku/drflow/internal/units"
 	"github.com/kohakku/drflow/schemas"
 	"github.com/kohakku/drflow/workflows"
 )
@@ -368,7 +369,7 @@ func (d *demo) runBackup(ctx context.Context) (string, error) {
 	for _, a := range d.backup.Manifest.Artifacts {
 		stored += a.Size
 	}
-	return fmt.Sprintf("set %s, %d artifacts (%s)", d.backup.SetID, len(d.backup.Manifest.Artifacts), humanBytes(stored)), nil
+	return fmt.Sprintf("set %s, %d artifacts (%s)", d.backup.SetID, len(d.backup.Manifest.Artifacts), units.Bytes(stored)), nil
 }
 
 func (d *demo) printSummary() {
@@ -411,7 +412,7 @@ func (d *demo) backupLines() string {
 		case a.Objects > 0:
 			fig = fmt.Sprintf("%d objects", a.Objects)
 		}
-		fmt.Fprintf(&b, "    %-9s %-20s %10s → %-10s %s\n", a.Kind, a.Source, humanBytes(a.RawSize), humanBytes(a.Size), fig)
+		fmt.Fprintf(&b, "    %-9s %-20s %10s → %-10s %s\n", a.Kind, a.Source, units.Bytes(a.RawSize), units.Bytes(a.Size), fig)
 	}
 	return b.String()
 }

@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/kohakku/drflow/activities"
+	"github.com/kohakku/drflow/internal/units"
 )
 
 // NightlyBackupName is the registered workflow type of NightlyBackup.
@@ -210,7 +211,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 			if err := f.Get(ctx, &arts[i]); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("%s → %s, rows %v", byteSize(arts[i].RawSize), byteSize(arts[i].Size), arts[i].RowCounts), nil
+			return fmt.Sprintf("%s → %s, rows %v", units.Bytes(arts[i].RawSize), units.Bytes(arts[i].Size), arts[i].RowCounts), nil
 		})
 	}
 	for j, inst := range tgts.Redis {
@@ -222,7 +223,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 			if err := f.Get(ctx, &arts[i]); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("%d keys, %s → %s", arts[i].KeyCount, byteSize(arts[i].RawSize), byteSize(arts[i].Size)), nil
+			return fmt.Sprintf("%d keys, %s → %s", arts[i].KeyCount, units.Bytes(arts[i].RawSize), units.Bytes(arts[i].Size)), nil
 		})
 	}
 	for j, name := range tgts.SQLite {
@@ -234,7 +235,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 			if err := f.Get(ctx, &arts[i]); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("tables %v, %s → %s", arts[i].RowCounts, byteSize(arts[i].RawSize), byteSize(arts[i].Size)), nil
+			return fmt.Sprintf("tables %v, %s → %s", arts[i].RowCounts, units.Bytes(arts[i].RawSize), units.Bytes(arts[i].Size)), nil
 		})
 	}
 	for i, b := range tgts.Buckets {
@@ -247,7 +248,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 				return "", err
 			}
 			m := mirrors[i]
-			return fmt.Sprintf("%d objects (%s), copied %d (%s)", m.Objects, byteSize(m.Bytes), m.Copied, byteSize(m.CopiedBytes)), nil
+			return fmt.Sprintf("%d objects (%s), copied %d (%s)", m.Objects, units.Bytes(m.Bytes), m.Copied, units.Bytes(m.CopiedBytes)), nil
 		})
 	}
 	for range steps {
@@ -302,7 +303,7 @@ func NightlyBackup(ctx workflow.Context, in NightlyBackupInput) (NightlyBackupRe
 		err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, metadataActivityOptions("retention sweep")), bs.Sweep, activities.SweepInput{
 			Policy: tgts.Retention, Now: workflow.Now(ctx).UTC(),
 		}).Get(ctx, &sweep)
-		t.finish(ctx, stepSweep, fmt.Sprintf("deleted %d sets (%s), kept %d", len(sweep.Deleted), byteSize(sweep.FreedBytes), sweep.Kept), err)
+		t.finish(ctx, stepSweep, fmt.Sprintf("deleted %d sets (%s), kept %d", len(sweep.Deleted), units.Bytes(sweep.FreedBytes), sweep.Kept), err)
 		if err != nil {
 			// The set is complete; a failed sweep is retried by the next run.
 			res.Warnings = append(res.Warnings, "retention sweep failed: "+err.Error())
@@ -373,7 +374,7 @@ func Anomalies(prev *activities.Manifest, arts []activities.Artifact, mirrors []
 			continue
 		}
 		if changedBy(old.RawSize, a.RawSize, minBytes) {
-			warns = append(warns, fmt.Sprintf("%s %s: dump size %s → %s (%s) since set %s", a.Kind, a.Source, byteSize(old.RawSize), byteSize(a.RawSize), pct(old.RawSize, a.RawSize), prev.SetID))
+			warns = append(warns, fmt.Sprintf("%s %s: dump size %s → %s (%s) since set %s", a.Kind, a.Source, units.Bytes(old.RawSize), units.Bytes(a.RawSize), pct(old.RawSize, a.RawSize), prev.SetID))
 		}
 		for _, table := range sortedKeys(a.RowCounts) {
 			o, ok := old.RowCounts[table]
@@ -403,18 +404,4 @@ func sortedKeys(m map[string]int64) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// byteSize formats n bytes for humans (1.5 MiB).
-func byteSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
