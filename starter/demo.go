@@ -369,7 +369,11 @@ func (d *demo) runBackup(ctx context.Context) (string, error) {
 	for _, a := range d.backup.Manifest.Artifacts {
 		stored += a.Size
 	}
-	return fmt.Sprintf("set %s, %d artifacts (%s)", d.backup.SetID, len(d.backup.Manifest.Artifacts), units.Bytes(stored)), nil
+	verdict := "not verified"
+	if v := d.backup.Verify; v != nil {
+		verdict = fmt.Sprintf("verified (passed=%v, RTO %s)", v.Passed, v.TotalRTO.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("set %s, %d artifacts (%s), %s", d.backup.SetID, len(d.backup.Manifest.Artifacts), units.Bytes(stored), verdict), nil
 }
 
 func (d *demo) printSummary() {
@@ -385,8 +389,8 @@ summary (%s)
   SelfCheck    %d steps heartbeated by %s
   Backup set   %s
 %s
-NightlyBackup runs for real. The recovery runbooks (VerifyBackup, RedisLoss, MinIOLoss,
-TotalDBLoss, FullClusterRecovery) are not built yet.
+NightlyBackup and its VerifyBackup run for real. The recovery runbooks (RedisLoss,
+MinIOLoss, TotalDBLoss, FullClusterRecovery) are not built yet.
 `,
 		time.Since(d.started).Round(100*time.Millisecond),
 		st.Postgres.URL(""), schemas.ControllerDB, schemas.DispatcherDB, d.summary.Tasks,

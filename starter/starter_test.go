@@ -80,7 +80,8 @@ func TestDemo(t *testing.T) {
 		"postgres  kohakku-controller",
 		"redis     default",
 		"listing   kohakku",
-		"NightlyBackup runs for real",
+		"verified (passed=true, RTO ",
+		"NightlyBackup and its VerifyBackup run for real",
 	} {
 		assert.Contains(t, text, want)
 	}
