@@ -398,7 +398,7 @@ MinIOLoss, TotalDBLoss, FullClusterRecovery) are not built yet.
 		st.MinIO.URL(), schemas.DefaultBucket, d.summary.Objects, d.summary.Bytes,
 		st.Backup.URL(), demoBackupBucket,
 		d.grpcAddr, workflows.TaskQueue,
-		d.uiAddr, d.runID,
+		d.uiAddr, d.backupID,
 		d.selfCheck.Soak.Steps, d.selfCheck.Soak.Host,
 		d.backup.SetID, d.backupLines())
 }
