@@ -24,6 +24,7 @@ import (
 	"go.temporal.io/sdk/worker"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/stack"
 	"github.com/kohakku/drflow/internal/stack/stacktest"
@@ -233,7 +234,7 @@ func runMirror(t testing.TB, o *Objects, in MirrorInput, resume *MirrorProgress)
 	// Every RecordHeartbeat call, before the SDK batches them (the test
 	// environment sends one per 30 s).
 	env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{
-		&mirrorBeats{onBeat: func(details ...any) {
+		activitytest.Heartbeats(func(details ...any) {
 			if len(details) != 1 {
 				t.Errorf("heartbeat with %d details", len(details))
 				return
@@ -246,7 +247,7 @@ func runMirror(t testing.TB, o *Objects, in MirrorInput, resume *MirrorProgress)
 			mu.Lock()
 			defer mu.Unlock()
 			run.heartbeats = append(run.heartbeats, p)
-		}},
+		}),
 	}})
 	env.RegisterActivity(o)
 	if resume != nil {
@@ -260,39 +261,6 @@ func runMirror(t testing.TB, o *Objects, in MirrorInput, resume *MirrorProgress)
 	mu.Lock()
 	defer mu.Unlock()
 	return run
-}
-
-// mirrorBeats calls onBeat with the details of every activity heartbeat.
-type mirrorBeats struct {
-	interceptor.WorkerInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (w *mirrorBeats) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	in := &mirrorBeatsInbound{onBeat: w.onBeat}
-	in.Next = next
-	return in
-}
-
-type mirrorBeatsInbound struct {
-	interceptor.ActivityInboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (in *mirrorBeatsInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
-	out := &mirrorBeatsOutbound{onBeat: in.onBeat}
-	out.Next = outbound
-	return in.Next.Init(out)
-}
-
-type mirrorBeatsOutbound struct {
-	interceptor.ActivityOutboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (out *mirrorBeatsOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
-	out.onBeat(details...)
-	out.Next.RecordHeartbeat(ctx, details...)
 }
 
 func keysOf(objs []ListedObject) []string {

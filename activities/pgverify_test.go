@@ -26,6 +26,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/kohakku/drflow/activities"
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/stack/stacktest"
 	"github.com/kohakku/drflow/internal/store"
@@ -57,7 +58,7 @@ func runVerify(t *testing.T, ctx context.Context, pg *activities.Postgres, in ac
 	t.Helper()
 	var mu sync.Mutex
 	var run verifyRun
-	beats := &heartbeatInterceptor{onBeat: func(details ...any) {
+	beats := activitytest.Heartbeats(func(details ...any) {
 		p, ok := details[0].(activities.VerifyProgress)
 		if !ok || len(details) != 1 {
 			t.Errorf("heartbeat details %#v, want one VerifyProgress", details)
@@ -69,7 +70,7 @@ func runVerify(t *testing.T, ctx context.Context, pg *activities.Postgres, in ac
 		if onBeat != nil {
 			onBeat(p)
 		}
-	}}
+	})
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestActivityEnvironment()
 	env.SetWorkerOptions(worker.Options{

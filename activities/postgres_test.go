@@ -32,6 +32,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/kohakku/drflow/activities"
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/kohakku"
 	"github.com/kohakku/drflow/internal/stack"
@@ -186,7 +187,7 @@ func runDump(t *testing.T, ctx context.Context, pg *activities.Postgres, in acti
 	t.Helper()
 	var mu sync.Mutex
 	var run dumpRun
-	beats := &heartbeatInterceptor{onBeat: func(details ...any) {
+	beats := activitytest.Heartbeats(func(details ...any) {
 		p, ok := details[0].(activities.DumpProgress)
 		if !ok || len(details) != 1 {
 			t.Errorf("heartbeat details %#v, want one DumpProgress", details)
@@ -198,7 +199,7 @@ func runDump(t *testing.T, ctx context.Context, pg *activities.Postgres, in acti
 		if onBeat != nil {
 			onBeat(p)
 		}
-	}}
+	})
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestActivityEnvironment()
 	env.SetWorkerOptions(worker.Options{
@@ -216,39 +217,6 @@ func runDump(t *testing.T, ctx context.Context, pg *activities.Postgres, in acti
 		require.NoError(t, v.Get(&run.art))
 	}
 	return run
-}
-
-// heartbeatInterceptor calls onBeat with the details of every activity heartbeat.
-type heartbeatInterceptor struct {
-	interceptor.WorkerInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (w *heartbeatInterceptor) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	in := &heartbeatInbound{onBeat: w.onBeat}
-	in.Next = next
-	return in
-}
-
-type heartbeatInbound struct {
-	interceptor.ActivityInboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (in *heartbeatInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
-	out := &heartbeatOutbound{onBeat: in.onBeat}
-	out.Next = outbound
-	return in.Next.Init(out)
-}
-
-type heartbeatOutbound struct {
-	interceptor.ActivityOutboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (out *heartbeatOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
-	out.onBeat(details...)
-	out.Next.RecordHeartbeat(ctx, details...)
 }
 
 func TestPostgresDump(t *testing.T) {

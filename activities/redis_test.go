@@ -33,6 +33,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/stack"
 	"github.com/kohakku/drflow/internal/stack/stacktest"
@@ -70,7 +71,7 @@ func redisRunDumpCtx(t *testing.T, ctx context.Context, r *Redis, in RDBInput) *
 	// Every RecordHeartbeat call, before the SDK batches them (the test
 	// environment sends one per 30 s).
 	env.SetWorkerOptions(worker.Options{BackgroundActivityContext: ctx, Interceptors: []interceptor.WorkerInterceptor{
-		&redisBeats{onBeat: func(details ...any) {
+		activitytest.Heartbeats(func(details ...any) {
 			p, ok := details[0].(RDBProgress)
 			if len(details) != 1 || !ok {
 				t.Errorf("heartbeat details %#v", details)
@@ -83,7 +84,7 @@ func redisRunDumpCtx(t *testing.T, ctx context.Context, r *Redis, in RDBInput) *
 			}
 			run.phases[p.Phase] = true
 			run.last = p
-		}},
+		}),
 	}})
 	v, err := env.ExecuteActivity(r.DumpRDB, in)
 	if err != nil {
@@ -92,39 +93,6 @@ func redisRunDumpCtx(t *testing.T, ctx context.Context, r *Redis, in RDBInput) *
 	}
 	require.NoError(t, v.Get(&run.art))
 	return run
-}
-
-// redisBeats calls onBeat with the details of every activity heartbeat.
-type redisBeats struct {
-	interceptor.WorkerInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (w *redisBeats) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	in := &redisBeatsInbound{onBeat: w.onBeat}
-	in.Next = next
-	return in
-}
-
-type redisBeatsInbound struct {
-	interceptor.ActivityInboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (in *redisBeatsInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
-	out := &redisBeatsOutbound{onBeat: in.onBeat}
-	out.Next = outbound
-	return in.Next.Init(out)
-}
-
-type redisBeatsOutbound struct {
-	interceptor.ActivityOutboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (out *redisBeatsOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
-	out.onBeat(details...)
-	out.Next.RecordHeartbeat(ctx, details...)
 }
 
 // redisAppError returns the activity's error as the application error

@@ -26,6 +26,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/store"
 )
 
@@ -95,7 +96,7 @@ func sqliteSnapshotCtx(t *testing.T, ctx context.Context, s *SQLite, in SQLiteIn
 	env.RegisterActivity(s)
 	run := &sqliteRun{}
 	env.SetWorkerOptions(worker.Options{BackgroundActivityContext: ctx, Interceptors: []interceptor.WorkerInterceptor{
-		&sqliteBeats{onBeat: func(details ...any) {
+		activitytest.Heartbeats(func(details ...any) {
 			p, ok := details[0].(SQLiteProgress)
 			if len(details) != 1 || !ok {
 				t.Errorf("heartbeat details %#v", details)
@@ -113,7 +114,7 @@ func sqliteSnapshotCtx(t *testing.T, ctx context.Context, s *SQLite, in SQLiteIn
 			if onBeat != nil {
 				onBeat(p)
 			}
-		}},
+		}),
 	}})
 	v, err := env.ExecuteActivity(s.Snapshot, in)
 	if err != nil {
@@ -122,40 +123,6 @@ func sqliteSnapshotCtx(t *testing.T, ctx context.Context, s *SQLite, in SQLiteIn
 	}
 	require.NoError(t, v.Get(&run.art))
 	return run
-}
-
-// sqliteBeats calls onBeat with the details of every activity heartbeat, as
-// they are recorded (the test environment would batch them).
-type sqliteBeats struct {
-	interceptor.WorkerInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (w *sqliteBeats) InterceptActivity(_ context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	in := &sqliteBeatsInbound{onBeat: w.onBeat}
-	in.Next = next
-	return in
-}
-
-type sqliteBeatsInbound struct {
-	interceptor.ActivityInboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (in *sqliteBeatsInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
-	out := &sqliteBeatsOutbound{onBeat: in.onBeat}
-	out.Next = outbound
-	return in.Next.Init(out)
-}
-
-type sqliteBeatsOutbound struct {
-	interceptor.ActivityOutboundInterceptorBase
-	onBeat func(details ...any)
-}
-
-func (out *sqliteBeatsOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
-	out.onBeat(details...)
-	out.Next.RecordHeartbeat(ctx, details...)
 }
 
 // sqliteOpen opens a read-write test connection pool on path.

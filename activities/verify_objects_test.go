@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/minio/minio-go/v7"
@@ -19,6 +20,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/store"
 	"github.com/kohakku/drflow/schemas"
 )
@@ -41,7 +43,7 @@ func verifyRunSample(t *testing.T, o *Objects, in VerifySampleInput) verifySampl
 		run verifySampleRun
 	)
 	env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{
-		&redisBeats{onBeat: func(details ...any) {
+		activitytest.Heartbeats(func(details ...any) {
 			p, ok := details[0].(VerifySampleProgress)
 			if len(details) != 1 || !ok {
 				t.Errorf("heartbeat details %#v", details)
@@ -50,7 +52,7 @@ func verifyRunSample(t *testing.T, o *Objects, in VerifySampleInput) verifySampl
 			mu.Lock()
 			defer mu.Unlock()
 			run.beats = append(run.beats, p)
-		}},
+		}),
 	}})
 	v, err := env.ExecuteActivity(o.VerifySample, in)
 	if err == nil {
@@ -125,6 +127,10 @@ func TestVerifySample(t *testing.T) {
 				st := stores[name]
 				prefix := mirrors[name].Prefix
 				deleted, changed, resized := schemas.BriefKey(7), schemas.BriefKey(42), multipart
+				// S3 keeps modification times to the second: rewrite in a later second than
+				// the mirror run's end, or "stored after the run" cannot be told.
+				runEnd := mirrors[name].Listing.StartedAt.Add(mirrors[name].Listing.Duration)
+				time.Sleep(time.Until(runEnd.Truncate(time.Second).Add(1100 * time.Millisecond)))
 				require.NoError(t, st.Delete(ctx, prefix+deleted))
 				// Same size, other bytes: only the MD5 tells.
 				good := objectBody(changed, 1, seed[changed])

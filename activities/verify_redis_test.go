@@ -29,6 +29,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/kohakku/drflow/internal/activitytest"
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/stack/stacktest"
 	"github.com/kohakku/drflow/internal/store"
@@ -101,7 +102,7 @@ func verifyRunRDB(t *testing.T, ctx context.Context, r *Redis, in VerifyRDBInput
 	env.RegisterActivity(r)
 	run := &verifyRDBRun{}
 	env.SetWorkerOptions(worker.Options{BackgroundActivityContext: ctx, Interceptors: []interceptor.WorkerInterceptor{
-		&redisBeats{onBeat: func(details ...any) {
+		activitytest.Heartbeats(func(details ...any) {
 			p, ok := details[0].(VerifyRDBProgress)
 			if len(details) != 1 || !ok {
 				t.Errorf("heartbeat details %#v", details)
@@ -119,7 +120,7 @@ func verifyRunRDB(t *testing.T, ctx context.Context, r *Redis, in VerifyRDBInput
 			if onBeat != nil {
 				onBeat(p)
 			}
-		}},
+		}),
 	}})
 	start := time.Now()
 	v, err := env.ExecuteActivity(r.VerifyRDB, in)
