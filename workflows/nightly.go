@@ -80,9 +80,10 @@ func (in *NightlyBackupInput) normalize() error {
 	return nil
 }
 
-// Activity options of the backup steps. Dumps and mirrors heartbeat, so a dead worker is
-// noticed within a minute and the step restarts elsewhere.
-func backupActivityOptions(summary string) workflow.ActivityOptions {
+// longActivityOptions are the options of a long, heartbeating step (a dump, a mirror, a
+// restore): a dead worker is noticed within a minute and the step restarts elsewhere, with
+// backoff, up to attempts times.
+func longActivityOptions(summary string, attempts int32) workflow.ActivityOptions {
 	return workflow.ActivityOptions{
 		StartToCloseTimeout: 12 * time.Hour,
 		HeartbeatTimeout:    time.Minute,
@@ -91,9 +92,15 @@ func backupActivityOptions(summary string) workflow.ActivityOptions {
 			InitialInterval:    5 * time.Second,
 			BackoffCoefficient: 2,
 			MaximumInterval:    2 * time.Minute,
-			MaximumAttempts:    6,
+			MaximumAttempts:    attempts,
 		},
 	}
+}
+
+// backupActivityOptions: a backup source is retried up to 6 times before the set is
+// declared incomplete.
+func backupActivityOptions(summary string) workflow.ActivityOptions {
+	return longActivityOptions(summary, 6)
 }
 
 func metadataActivityOptions(summary string) workflow.ActivityOptions {

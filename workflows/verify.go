@@ -59,18 +59,10 @@ func (in *VerifyBackupInput) normalize() error {
 	return nil
 }
 
+// verifyActivityOptions: a verification step is retried fewer times than a backup: its
+// findings are results, so only infrastructure faults are retried at all.
 func verifyActivityOptions(summary string) workflow.ActivityOptions {
-	return workflow.ActivityOptions{
-		StartToCloseTimeout: 12 * time.Hour,
-		HeartbeatTimeout:    time.Minute,
-		Summary:             summary,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    5 * time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    2 * time.Minute,
-			MaximumAttempts:    4,
-		},
-	}
+	return longActivityOptions(summary, 4)
 }
 
 // scratchName is the scratch database for the i-th dump of this run: unique per run, so

@@ -35,6 +35,8 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
 	"gopkg.in/yaml.v3"
+
+	"github.com/kohakku/drflow/internal/store"
 )
 
 // FileEnv is the environment variable that names the YAML config file when
@@ -941,29 +943,9 @@ func sqliteDatabases(c *Config, v *variable, items []string) error {
 	return nil
 }
 
-// checkBucket applies the S3 bucket naming rules.
-func checkBucket(name string) error {
-	var why string
-	switch {
-	case len(name) < 3 || len(name) > 63:
-		why = fmt.Sprintf("it is %d characters long, not 3 to 63", len(name))
-	case strings.IndexFunc(name, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-')
-	}) >= 0:
-		why = "only lowercase letters, digits, dots and hyphens are allowed"
-	case !isAlnum(name[0]) || !isAlnum(name[len(name)-1]):
-		why = "it must start and end with a lowercase letter or digit"
-	case strings.Contains(name, ".."):
-		why = "it has two dots in a row"
-	case net.ParseIP(name) != nil:
-		why = "it looks like an IP address"
-	default:
-		return nil
-	}
-	return fmt.Errorf("%q is not a valid bucket name: %s", name, why)
-}
-
-func isAlnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+// checkBucket applies the S3 bucket naming rules (the store's, so config and store
+// never disagree about a name).
+func checkBucket(name string) error { return store.CheckBucketName(name) }
 
 func bucket(field func(*Config) *string) storeFunc {
 	return func(c *Config, v *variable, raw string) error {

@@ -148,7 +148,7 @@ var _ Store = (*S3)(nil)
 // static keys, resolves the default credential chain; it makes no request
 // to the bucket (see Check).
 func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
-	if err := checkBucketName(cfg.Bucket); err != nil {
+	if err := CheckBucketName(cfg.Bucket); err != nil {
 		return nil, &storeError{
 			msg:  fmt.Sprintf("backup store: %v (S3_BUCKET)", err),
 			errs: []error{ErrInvalidBucket},
@@ -719,9 +719,9 @@ type storeError struct {
 func (e *storeError) Error() string   { return e.msg }
 func (e *storeError) Unwrap() []error { return e.errs }
 
-// checkBucketName applies the S3 naming rules for general purpose buckets
-// (the same ones the config package applies to S3_BUCKET).
-func checkBucketName(name string) error {
+// CheckBucketName applies the S3 naming rules for general purpose buckets; the
+// config package applies it to S3_BUCKET and DRFLOW_MINIO_BUCKETS.
+func CheckBucketName(name string) error {
 	var why string
 	alnum := func(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
 	switch {
