@@ -162,10 +162,8 @@ func verifyRequireClean(t *testing.T, tmp, addr string, pid int) {
 	if pid == 0 {
 		return
 	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Errorf("scratch redis-server port %s still open", addr)
-	}
+	// Not the port: once freed, a server of a test package running in parallel may take it.
+	_ = addr
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		// Reaped, unless the pid was reused: then it is not a redis-server of ours.
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -675,11 +673,8 @@ func TestVerifyRDBPdeathsig(t *testing.T) {
 		_, rest, _ := strings.Cut(string(stat), ") ")
 		return strings.HasPrefix(rest, "Z") || !strings.Contains(string(stat), "redis-server")
 	}, 10*time.Second, 10*time.Millisecond, "scratch redis-server %d outlived its worker", pid)
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err == nil {
-		c.Close()
-		t.Errorf("port %s still open", addr)
-	}
+	// The port itself is not checked: once freed, a server of a test package running in
+	// parallel may take it.
 }
 
 // verifyFailingStore is a store whose objects fail to read after a number of
