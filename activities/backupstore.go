@@ -50,6 +50,38 @@ func RedisKey(id, instance string) string { return SetKey(id, "redis/"+instance+
 // ListingKey names the source listing of a mirrored bucket in set id.
 func ListingKey(id, bucket string) string { return SetKey(id, "objects/"+bucket+".jsonl.zst") }
 
+// SafetyKeyPrefix is where the safety copies of one recovery run live: what the run
+// overwrote, copied before it did. A workflow id may hold any character; everything but
+// letters, digits, '.', '_' and '-' becomes '_' so the key stays one path segment.
+func SafetyKeyPrefix(workflowID string) string {
+	b := []byte(workflowID)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 || string(b) == "." || string(b) == ".." {
+		b = append([]byte("_"), b...)
+	}
+	return SafetyPrefix + string(b) + "/"
+}
+
+// SafetyPostgresKey, SafetyRedisKey and SafetyObjectsPrefix name the safety copies of
+// one recovery run.
+func SafetyPostgresKey(workflowID, db string) string {
+	return SafetyKeyPrefix(workflowID) + "postgres/" + db + ".dump.zst"
+}
+
+// SafetyRedisKey names the safety copy of a Redis instance's live RDB.
+func SafetyRedisKey(workflowID, instance string) string {
+	return SafetyKeyPrefix(workflowID) + "redis/" + instance + ".rdb.zst"
+}
+
+// SafetyObjectsPrefix is where the live objects a restore overwrites are copied.
+func SafetyObjectsPrefix(workflowID, bucket string) string {
+	return SafetyKeyPrefix(workflowID) + "objects/" + bucket + "/"
+}
+
 // MirrorKeyPrefix is where a bucket's objects are mirrored.
 func MirrorKeyPrefix(bucket string) string { return MirrorPrefix + bucket + "/" }
 
