@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -22,6 +23,12 @@ type Inventory struct {
 	SQLite []string
 	// Retention is the configured policy (S3_BACKUP_RETENTION days).
 	Retention RetentionPolicy
+	// RedisHostQueue is the task queue of the worker on the Redis host, for the steps
+	// that need its file system (DRFLOW_REDIS_HOST_QUEUE); "" means the shared queue.
+	RedisHostQueue string
+	// Services maps each service with hooks (DRFLOW_HOOKS_FILE) to the task queue its
+	// hooks run on ("" = the shared queue).
+	Services map[string]string
 }
 
 // TargetsInput selects targets by name; empty lists mean every configured one.
@@ -39,6 +46,9 @@ type Targets struct {
 	Buckets   []string        `json:"buckets"`
 	SQLite    []string        `json:"sqlite,omitempty"`
 	Retention RetentionPolicy `json:"retention"`
+	// RedisHostQueue and Services are copied from the Inventory.
+	RedisHostQueue string            `json:"redisHostQueue,omitempty"`
+	Services       map[string]string `json:"services,omitempty"`
 }
 
 // Resolve checks every named target against the configuration. An unknown name fails
@@ -74,5 +84,7 @@ func (inv *Inventory) Resolve(_ context.Context, in TargetsInput) (Targets, erro
 		return t, err
 	}
 	t.Retention = inv.Retention
+	t.RedisHostQueue = inv.RedisHostQueue
+	t.Services = maps.Clone(inv.Services)
 	return t, nil
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kohakku/drflow/internal/config"
+	"github.com/kohakku/drflow/internal/profile"
 	"github.com/kohakku/drflow/internal/store"
 	"github.com/kohakku/drflow/schemas"
 )
@@ -54,6 +55,9 @@ type Objects struct {
 	// Concurrency bounds the objects copied at a time (default
 	// DefaultObjectsConcurrency).
 	Concurrency int
+	// Classes returns the object classes of a bucket a "needed" restore brings back, in order
+	// (from the application profile). nil: no classes, so scope "needed" restores nothing and "all" everything.
+	Classes func(ctx context.Context, bucket string) ([]profile.ObjectClass, error)
 }
 
 // NewObjects returns the Objects activities for the app's MinIO in cfg,

@@ -212,28 +212,8 @@ func (p *Postgres) checkVerifyInput(in VerifyDumpInput) error {
 	if a.Key == "" {
 		return NonRetryable(ErrInvalidInput, fmt.Errorf("verify dump of %q: artifact key is empty", a.Source))
 	}
-	if err := store.CheckKey(a.Key); err != nil {
+	if err := checkDumpArtifact(a); err != nil {
 		return bad("%w", err)
-	}
-	if a.Kind != "" && a.Kind != KindPostgres {
-		return bad("artifact kind is %q, not %s", a.Kind, KindPostgres)
-	}
-	if a.Size < 0 {
-		return bad("negative size %d", a.Size)
-	}
-	if b, err := hex.DecodeString(a.SHA256); err != nil || len(b) != sha256.Size {
-		return bad("sha256 %q in the manifest is not a hex SHA-256", a.SHA256)
-	}
-	if a.Compression != CompressionZstd && a.Compression != CompressionNone {
-		return bad("compression %q is not %s or %s", a.Compression, CompressionZstd, CompressionNone)
-	}
-	if a.Encryption != "" && a.Encryption != EncryptionNone {
-		return bad("encryption %q is not supported", a.Encryption)
-	}
-	for t := range a.RowCounts {
-		if _, err := tableIdent(t); err != nil {
-			return bad("row counts: %w", err)
-		}
 	}
 	if in.Jobs < 0 {
 		return bad("jobs %d is negative", in.Jobs)
@@ -245,6 +225,49 @@ func (p *Postgres) checkVerifyInput(in VerifyDumpInput) error {
 	}
 	if p.Store == nil {
 		return NonRetryable(ErrInvalidConfig, fmt.Errorf("verify %s: no backup store configured", a.Key))
+	}
+	return nil
+}
+
+// artifactError is a bad field of a postgres Artifact; Field is its JSON name
+// under the activity input ("artifact.sha256").
+type artifactError struct {
+	Field string
+	Err   error
+}
+
+func (e *artifactError) Error() string { return e.Err.Error() }
+func (e *artifactError) Unwrap() error { return e.Err }
+
+// checkDumpArtifact checks what fetchDump and pg_restore rely on in a
+// manifest's postgres artifact (a non-empty key is the caller's check); the
+// error is an *artifactError naming the field.
+func checkDumpArtifact(a Artifact) error {
+	bad := func(field, format string, args ...any) error {
+		return &artifactError{Field: "artifact." + field, Err: fmt.Errorf(format, args...)}
+	}
+	if err := store.CheckKey(a.Key); err != nil {
+		return &artifactError{Field: "artifact.key", Err: err}
+	}
+	if a.Kind != "" && a.Kind != KindPostgres {
+		return bad("kind", "artifact kind is %q, not %s", a.Kind, KindPostgres)
+	}
+	if a.Size < 0 {
+		return bad("size", "negative size %d", a.Size)
+	}
+	if b, err := hex.DecodeString(a.SHA256); err != nil || len(b) != sha256.Size {
+		return bad("sha256", "sha256 %q in the manifest is not a hex SHA-256", a.SHA256)
+	}
+	if a.Compression != CompressionZstd && a.Compression != CompressionNone {
+		return bad("compression", "compression %q is not %s or %s", a.Compression, CompressionZstd, CompressionNone)
+	}
+	if a.Encryption != "" && a.Encryption != EncryptionNone {
+		return bad("encryption", "encryption %q is not supported", a.Encryption)
+	}
+	for t := range a.RowCounts {
+		if _, err := tableIdent(t); err != nil {
+			return bad("rowCounts", "row counts: %w", err)
+		}
 	}
 	return nil
 }
@@ -298,26 +321,21 @@ func (v *verification) run(ctx context.Context) (err error) {
 	defer stopBeat()
 
 	started := time.Now()
-	file, err := os.CreateTemp("", "drflow-verify-*.dump")
-	if err != nil {
-		return fmt.Errorf("temporary file: %w", err)
-	}
-	// The decompressed dump is the one staged copy: removed on every path.
-	defer func() {
-		_ = file.Close()
-		_ = os.Remove(file.Name())
-	}()
-	ok, err := v.download(ctx, file)
+	path, f, remove, err := stageDump(ctx, v.p.Store, v.in.Artifact, "drflow-verify-*.dump", &v.stored, &v.raw)
 	v.check.Download = time.Since(started)
-	if err != nil || !ok {
-		return err
+	// The decompressed dump is the one staged copy: removed on every path.
+	defer remove()
+	if err != nil {
+		return v.storeError(err)
 	}
-	if err := file.Close(); err != nil {
-		return fmt.Errorf("temporary file: %w", err)
+	v.check.ChecksumOK = f.checksumOK
+	if f.kind != "" {
+		v.problem(f.kind, "%s", f.problem)
+		return nil
 	}
 
 	setPhase("list")
-	if ok, err := v.list(ctx, file.Name()); err != nil || !ok {
+	if ok, err := v.list(ctx, path); err != nil || !ok {
 		return err
 	}
 	v.check.ListOK = true
@@ -347,7 +365,7 @@ func (v *verification) run(ctx context.Context) (err error) {
 		return err
 	}
 	setPhase("restore")
-	restored, err := v.restore(ctx, file.Name())
+	restored, err := v.restore(ctx, path)
 	if err != nil || !restored {
 		return err
 	}
@@ -356,23 +374,56 @@ func (v *verification) run(ctx context.Context) (err error) {
 	return v.countRows(ctx)
 }
 
-// download streams the object into file, decompressed, and checks it against
-// the manifest. It returns false after recording a finding; errors are
-// infrastructure (store, temporary disk, ctx).
-func (v *verification) download(ctx context.Context, file *os.File) (bool, error) {
-	a := v.in.Artifact
-	info, err := v.p.Store.Stat(ctx, a.Key)
+// stageDump fetches the dump a describes from st into a new temporary file
+// in os.TempDir() named after pattern (see fetchDump), closes it and returns
+// its path. remove deletes the file; it is never nil, and the caller calls it
+// on every path, also when err is not nil.
+func stageDump(ctx context.Context, st store.Store, a Artifact, pattern string, stored, raw *atomic.Int64) (path string, f fetched, remove func(), err error) {
+	file, err := os.CreateTemp("", pattern)
 	if err != nil {
-		return false, v.storeError(err)
+		return "", fetched{}, func() {}, fmt.Errorf("temporary file: %w", err)
+	}
+	remove = func() {
+		_ = file.Close()
+		_ = os.Remove(file.Name())
+	}
+	if f, err = fetchDump(ctx, st, a, file, stored, raw); err != nil {
+		return "", fetched{}, remove, err
+	}
+	if err := file.Close(); err != nil {
+		return "", fetched{}, remove, fmt.Errorf("temporary file: %w", err)
+	}
+	return file.Name(), f, remove, nil
+}
+
+// fetched is what fetchDump found wrong with a stored dump, if anything.
+type fetched struct {
+	// checksumOK: the stored size and SHA-256 match the manifest.
+	checksumOK bool
+	// kind is ErrChecksumMismatch or ErrArchiveCorrupt, "" when file holds the
+	// whole dump; problem names the figure (not the key).
+	kind, problem string
+}
+
+// fetchDump streams the object a.Key from st through a byte counter and
+// SHA-256 into a zstd decoder (unless a.Compression is none) and file, and
+// checks size, SHA-256 and raw size against a. A mismatch is a result (kind
+// and problem), not an error; errors are infrastructure — the store (not
+// classified: a missing object is store.ErrNotFound), the temporary disk, ctx.
+// stored and raw count the bytes read and written so far, for heartbeats. The
+// caller owns file: it closes and removes it.
+func fetchDump(ctx context.Context, st store.Store, a Artifact, file *os.File, stored, raw *atomic.Int64) (fetched, error) {
+	info, err := st.Stat(ctx, a.Key)
+	if err != nil {
+		return fetched{}, err
 	}
 	if info.Size != a.Size {
 		// Size first: a cheap answer without reading the object.
-		v.problem(ErrChecksumMismatch, "size mismatch: %d bytes in the store, %d in the manifest", info.Size, a.Size)
-		return false, nil
+		return fetched{kind: ErrChecksumMismatch, problem: fmt.Sprintf("size mismatch: %d bytes in the store, %d in the manifest", info.Size, a.Size)}, nil
 	}
-	rc, err := v.p.Store.Get(ctx, a.Key)
+	rc, err := st.Get(ctx, a.Key)
 	if err != nil {
-		return false, v.storeError(err)
+		return fetched{}, err
 	}
 	defer rc.Close()
 
@@ -382,12 +433,12 @@ func (v *verification) download(ctx context.Context, file *os.File) (bool, error
 	// checksum still covers the whole object and can tell bit rot (checksum
 	// mismatch) from a dump that was corrupt when it was stored.
 	pr, pw := io.Pipe()
-	type fetched struct {
+	type read struct {
 		n   int64
 		sum string
 		err error
 	}
-	done := make(chan fetched, 1)
+	done := make(chan read, 1)
 	go func() {
 		h := sha256.New()
 		var n int64
@@ -398,7 +449,7 @@ func (v *verification) download(ctx context.Context, file *os.File) (bool, error
 			if k > 0 {
 				h.Write(buf[:k])
 				n += int64(k)
-				v.stored.Store(n)
+				stored.Store(n)
 				if forward {
 					if _, werr := pw.Write(buf[:k]); werr != nil {
 						forward = false
@@ -415,15 +466,15 @@ func (v *verification) download(ctx context.Context, file *os.File) (bool, error
 			if rerr != nil {
 				rerr = fmt.Errorf("read %s: %w", a.Key, rerr)
 				pw.CloseWithError(rerr)
-				done <- fetched{err: rerr}
+				done <- read{err: rerr}
 				return
 			}
 		}
 		pw.Close()
-		done <- fetched{n: n, sum: hex.EncodeToString(h.Sum(nil))}
+		done <- read{n: n, sum: hex.EncodeToString(h.Sum(nil))}
 	}()
 
-	out := &fileWriter{ctx: ctx, f: file, n: &v.raw}
+	out := &fileWriter{ctx: ctx, f: file, n: raw}
 	var decodeErr error
 	if a.Compression == CompressionZstd {
 		var dec *zstd.Decoder
@@ -440,31 +491,23 @@ func (v *verification) download(ctx context.Context, file *os.File) (bool, error
 		_ = rc.Close()
 		pr.CloseWithError(out.err)
 		<-done
-		return false, out.err
+		return fetched{}, out.err
 	}
 	pr.CloseWithError(errors.New("decoding stopped"))
 	f := <-done
-	if f.err != nil {
-		return false, v.storeError(f.err)
-	}
 	switch {
+	case f.err != nil:
+		return fetched{}, f.err
 	case f.n != a.Size:
-		v.problem(ErrChecksumMismatch, "size mismatch: %d bytes read from the store, %d in the manifest", f.n, a.Size)
-		return false, nil
+		return fetched{kind: ErrChecksumMismatch, problem: fmt.Sprintf("size mismatch: %d bytes read from the store, %d in the manifest", f.n, a.Size)}, nil
 	case !strings.EqualFold(f.sum, a.SHA256):
-		v.problem(ErrChecksumMismatch, "checksum mismatch: sha256 %s in the store, %s in the manifest", f.sum, a.SHA256)
-		return false, nil
-	}
-	v.check.ChecksumOK = true
-	switch {
+		return fetched{kind: ErrChecksumMismatch, problem: fmt.Sprintf("checksum mismatch: sha256 %s in the store, %s in the manifest", f.sum, a.SHA256)}, nil
 	case decodeErr != nil:
-		v.problem(ErrArchiveCorrupt, "stored bytes match the manifest but do not decode: zstd: %v", decodeErr)
-		return false, nil
-	case a.RawSize > 0 && v.raw.Load() != a.RawSize:
-		v.problem(ErrArchiveCorrupt, "decompressed to %d bytes, %d in the manifest", v.raw.Load(), a.RawSize)
-		return false, nil
+		return fetched{checksumOK: true, kind: ErrArchiveCorrupt, problem: fmt.Sprintf("stored bytes match the manifest but do not decode: zstd: %v", decodeErr)}, nil
+	case a.RawSize > 0 && raw.Load() != a.RawSize:
+		return fetched{checksumOK: true, kind: ErrArchiveCorrupt, problem: fmt.Sprintf("decompressed to %d bytes, %d in the manifest", raw.Load(), a.RawSize)}, nil
 	}
-	return true, nil
+	return fetched{checksumOK: true}, nil
 }
 
 // storeError classifies a store error: a missing object is ErrArtifactNotFound,

@@ -4,6 +4,8 @@
 //	starter selfcheck [--steps N] [--wait]        prove a worker deployment end to end
 //	starter start TYPE [--input JSON] [--wait]    start any runbook by its workflow type
 //	starter progress WORKFLOW_ID                  show a run's steps
+//	starter plan WORKFLOW_ID                      show a recovery runbook's plan
+//	starter approve|reject WORKFLOW_ID            decide on a waiting recovery runbook
 //	starter backup [--wait]                       start a NightlyBackup now
 //	starter backups list                          sets in the backup store
 //	starter drill [--set ID]                      VerifyBackup now (a DR drill)
@@ -45,6 +47,9 @@ func commands() []command {
 		{"selfcheck", "[--steps N] [--step-interval D] [--wait]", "prove a worker deployment: heartbeats, retries, resume", runSelfCheck},
 		{"start", "TYPE [--input JSON] [--id ID] [--wait]", "start a runbook by workflow type", runStart},
 		{"progress", "WORKFLOW_ID", "show the steps of a run", runProgress},
+		{"plan", "WORKFLOW_ID", "show the plan a recovery runbook published", runPlan},
+		{"approve", "WORKFLOW_ID [--by NAME] [--comment TEXT] [--yes]", "let a waiting recovery runbook go ahead", runApprove},
+		{"reject", "WORKFLOW_ID [--by NAME] [--comment TEXT] [--yes]", "end a waiting recovery runbook, nothing changed", runReject},
 		{"backup", "[--input JSON] [--wait]", "start a NightlyBackup now", runBackup},
 		{"backups", "list [--json]", "list the sets in the backup store", runBackups},
 		{"drill", "[--set ID] [--no-restore] [--wait]", "verify a set now: restore into scratch targets, measure RTO", runDrill},

@@ -97,6 +97,17 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 		return fmt.Errorf("start worker on task queue %s: %w", cfg.Temporal.TaskQueue, err)
 	}
 	defer w.Stop()
+	// Host queues: the steps that must run on this host (its Redis AOF, its services).
+	for _, q := range cfg.Worker.HostQueues {
+		hw := worker.New(c, q, worker.Options{})
+		if err := app.RegisterHost(hw, acts); err != nil {
+			return err
+		}
+		if err := hw.Start(); err != nil {
+			return fmt.Errorf("start worker on host task queue %s (DRFLOW_HOST_QUEUES): %w", q, err)
+		}
+		defer hw.Stop()
+	}
 
 	httpSrv, httpErr, err := serveHTTP(cfg.Worker.HTTPAddr, registry, c, checker)
 	if err != nil {
@@ -107,7 +118,7 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 		defer cancel()
 		_ = httpSrv.Shutdown(shutdown)
 	}()
-	logger.Info("worker ready", "taskQueue", cfg.Temporal.TaskQueue, "temporal", clientOpts.HostPort,
+	logger.Info("worker ready", "taskQueue", cfg.Temporal.TaskQueue, "hostQueues", cfg.Worker.HostQueues, "temporal", clientOpts.HostPort,
 		"namespace", clientOpts.Namespace, "http", httpSrv.Addr)
 
 	select {

@@ -40,6 +40,8 @@ type Progress struct {
 	Runbook string `json:"runbook"`
 	// Steps in execution order, including those not started yet.
 	Steps []StepProgress `json:"steps"`
+	// Approval of a recovery runbook's plan; nil for runbooks that change nothing live.
+	Approval *ApprovalState `json:"approval,omitempty"`
 }
 
 // tracker records step progress in workflow state and mirrors the current step into the

@@ -14,6 +14,9 @@ func All() []Definition {
 	return []Definition{
 		{Name: NightlyBackupName, Func: NightlyBackup, NewInput: func() any { return new(NightlyBackupInput) }},
 		{Name: VerifyBackupName, Func: VerifyBackup, NewInput: func() any { return new(VerifyBackupInput) }},
+		{Name: RedisLossName, Func: RedisLoss, NewInput: func() any { return new(RedisLossInput) }},
+		{Name: MinIOLossName, Func: MinIOLoss, NewInput: func() any { return new(MinIOLossInput) }},
+		{Name: TotalDBLossName, Func: TotalDBLoss, NewInput: func() any { return new(TotalDBLossInput) }},
 		{Name: SelfCheckName, Func: SelfCheck, NewInput: func() any { return new(SelfCheckInput) }},
 	}
 }

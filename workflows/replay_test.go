@@ -1,16 +1,27 @@
 package workflows_test
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/kohakku/drflow/internal/historytest"
 	"github.com/kohakku/drflow/workflows"
 )
+
+func mustOpen(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
 
 // TestReplayShippedHistories replays every committed history in testdata/ against the
 // current workflow code. A change that breaks determinism for runs already in flight fails
@@ -27,13 +38,21 @@ func TestReplayShippedHistories(t *testing.T) {
 		require.True(t, covered[def.Name], "no replay history in testdata/ for shipped workflow %s", def.Name)
 	}
 
+	ids, err := historytest.IDs("testdata")
+	require.NoError(t, err)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
 			for _, def := range workflows.All() {
 				r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
 			}
-			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
+			hist, err := client.HistoryFromJSON(mustOpen(t, f), client.HistoryJSONOptions{})
+			require.NoError(t, err)
+			opts := worker.ReplayWorkflowHistoryOptions{}
+			if id, ok := ids[filepath.Base(f)]; ok {
+				opts.OriginalExecution = workflow.Execution{ID: id}
+			}
+			require.NoError(t, r.ReplayWorkflowHistoryWithOptions(nil, hist, opts))
 		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kohakku/drflow/activities"
 	"github.com/kohakku/drflow/internal/config"
+	"github.com/kohakku/drflow/internal/profile"
 	"github.com/kohakku/drflow/internal/store"
 	"github.com/kohakku/drflow/workflows"
 )
@@ -31,6 +32,9 @@ type Activities struct {
 	Redis       *activities.Redis
 	Objects     *activities.Objects
 	SQLite      *activities.SQLite
+	Services    *activities.Services
+	AppState    *activities.AppState
+	RedisHost   *activities.RedisHost
 }
 
 // New builds the activities for cfg. Parts that are not configured are left out of the
@@ -92,6 +96,15 @@ func New(ctx context.Context, cfg *config.Config) (*Activities, error) {
 		a.Objects.Client = mc
 		a.Inventory.Buckets = append(a.Inventory.Buckets, cfg.MinIO.Buckets...)
 	}
+	a.AppState = &activities.AppState{Profile: profile.Kohakku{}, Postgres: cfg.Postgres, Redis: cfg.Redis, Instance: DefaultRedisInstance}
+	a.Objects.Classes = activities.ObjectClassesFunc(a.AppState)
+	a.RedisHost = &activities.RedisHost{AOFDir: cfg.Redis.AOFDir}
+	a.Inventory.RedisHostQueue = cfg.Redis.HostQueue
+	a.Services = &activities.Services{Hooks: cfg.Services.Hooks}
+	a.Inventory.Services = map[string]string{}
+	for _, svc := range cfg.Services.Hooks.Services {
+		a.Inventory.Services[svc.Name] = svc.TaskQueue
+	}
 	a.SQLite = &activities.SQLite{Databases: cfg.SQLite.Paths(), Store: st}
 	for _, db := range cfg.SQLite.Databases {
 		a.Inventory.SQLite = append(a.Inventory.SQLite, db.Name)
@@ -125,7 +138,20 @@ func Register(r worker.Registry, a *Activities) error {
 	for _, def := range workflows.All() {
 		r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
 	}
-	for _, s := range []any{a.Host, a.Inventory, a.BackupStore, a.Postgres, a.Redis, a.Objects, a.SQLite} {
+	for _, s := range []any{a.Host, a.Inventory, a.BackupStore, a.Postgres, a.Redis, a.Objects, a.SQLite, a.Services, a.AppState, a.RedisHost} {
+		r.RegisterActivityWithOptions(s, activity.RegisterOptions{})
+	}
+	return nil
+}
+
+// RegisterHost registers the activities a host-specific task queue serves
+// (DRFLOW_HOST_QUEUES): the steps that need this host's file system, and the service
+// hooks, which a service may run on its host's queue.
+func RegisterHost(r worker.Registry, a *Activities) error {
+	if a == nil {
+		return errors.New("register: no activities")
+	}
+	for _, s := range []any{a.RedisHost, a.Services} {
 		r.RegisterActivityWithOptions(s, activity.RegisterOptions{})
 	}
 	return nil

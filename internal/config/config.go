@@ -26,11 +26,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
@@ -62,6 +65,9 @@ type Config struct {
 	Backup Backup `json:"backup"`
 	// Worker holds settings of the worker process itself.
 	Worker Worker `json:"worker"`
+	// Services holds the hooks that stop, start, restart and health-check
+	// the app's services.
+	Services Services `json:"services"`
 }
 
 // Temporal is the Temporal connection of both binaries. It must not be the
@@ -183,6 +189,14 @@ type Redis struct {
 	Addr string `json:"addr"`
 	// Password is the AUTH password (DRFLOW_REDIS_PASSWORD); "" for none.
 	Password Secret `json:"password"`
+	// AOFDir is the Redis server's AOF directory on the Redis host, Redis 7's
+	// appendonlydir, as an absolute path (DRFLOW_REDIS_AOF_DIR); "" when not
+	// configured.
+	AOFDir string `json:"aofDir"`
+	// HostQueue is the task queue of the drflow worker on the Redis host, for
+	// steps that need its file system (DRFLOW_REDIS_HOST_QUEUE); "" means the
+	// shared task queue.
+	HostQueue string `json:"hostQueue"`
 }
 
 // SQLite names the SQLite database files that NightlyBackup snapshots.
@@ -273,6 +287,10 @@ type Worker struct {
 	DevUIAddr string `json:"devUiAddr"`
 	// LogLevel is the minimum slog level (DRFLOW_LOG_LEVEL).
 	LogLevel slog.Level `json:"logLevel"`
+	// HostQueues are extra task queues this worker polls with its host-local
+	// activities, besides the shared one (DRFLOW_HOST_QUEUES), e.g. the value
+	// of DRFLOW_REDIS_HOST_QUEUE on the Redis host.
+	HostQueues []string `json:"hostQueues"`
 }
 
 // Defaults returns the configuration used when neither a file nor the
@@ -485,6 +503,14 @@ func (l *loader) apply(v *variable, label, raw string, items []string) {
 		err = v.set(l.c, raw)
 	}
 	if err != nil {
+		// A setting that is a file of its own (DRFLOW_HOOKS_FILE) reports
+		// each of its problems apart.
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				l.errs = append(l.errs, fmt.Errorf("%s: %w", label, e))
+			}
+			return
+		}
 		l.errs = append(l.errs, fmt.Errorf("%s: %w", label, err))
 		return
 	}
@@ -574,6 +600,9 @@ func (l *loader) checkPairs() {
 	}
 	if tls.ServerCACertPath != "" && tls.ServerCACertData != "" {
 		l.errs = append(l.errs, errors.New("TEMPORAL_TLS_SERVER_CA_CERT_PATH and TEMPORAL_TLS_SERVER_CA_CERT_DATA are both set: give the CA as a file or as data, not both"))
+	}
+	if slices.Contains(c.Worker.HostQueues, c.Temporal.TaskQueue) {
+		l.errs = append(l.errs, fmt.Errorf("DRFLOW_HOST_QUEUES lists %q, the shared task queue (DRFLOW_TASK_QUEUE): the worker polls it anyway; list only host queues (want e.g. drflow-redis-host)", c.Temporal.TaskQueue))
 	}
 }
 
@@ -687,6 +716,10 @@ var variables = []*variable{
 		store: dialAddr(func(c *Config) *string { return &c.Redis.Addr })},
 	{env: "DRFLOW_REDIS_PASSWORD", key: "redis.password", example: "(the requirepass value)", secret: true,
 		store: secret(func(c *Config) *Secret { return &c.Redis.Password })},
+	{env: "DRFLOW_REDIS_AOF_DIR", key: "redis.aofDir", example: "/var/lib/redis/appendonlydir",
+		store: absPath(func(c *Config) *string { return &c.Redis.AOFDir })},
+	{env: "DRFLOW_REDIS_HOST_QUEUE", key: "redis.hostQueue", example: "drflow-redis-host",
+		store: taskQueue(func(c *Config) *string { return &c.Redis.HostQueue })},
 
 	// SQLite database files on the worker's host.
 	{env: "DRFLOW_SQLITE_DATABASES", key: "sqlite.databases",
@@ -734,6 +767,12 @@ var variables = []*variable{
 		store: listenAddr(func(c *Config) *string { return &c.Worker.DevUIAddr })},
 	{env: "DRFLOW_LOG_LEVEL", key: "worker.logLevel", def: "info", example: "info",
 		store: logLevel},
+	{env: "DRFLOW_HOST_QUEUES", key: "worker.hostQueues", example: "drflow-redis-host", list: true,
+		storeList: taskQueues(func(c *Config) *[]string { return &c.Worker.HostQueues })},
+
+	// Service hooks.
+	{env: "DRFLOW_HOOKS_FILE", key: "services.hooksFile", example: "/etc/drflow/hooks.yaml",
+		store: hooksFile},
 }
 
 type storeFunc = func(c *Config, v *variable, raw string) error
@@ -1043,6 +1082,58 @@ func retention(c *Config, v *variable, raw string) error {
 	return nil
 }
 
+// absPath stores a cleaned absolute path.
+func absPath(field func(*Config) *string) storeFunc {
+	return func(c *Config, v *variable, raw string) error {
+		switch {
+		case strings.ContainsRune(raw, 0):
+			return fmt.Errorf("contains a NUL byte (want e.g. %s)", v.example)
+		case !filepath.IsAbs(raw):
+			return fmt.Errorf("%q is not an absolute path (want e.g. %s)", raw, v.example)
+		}
+		*field(c) = filepath.Clean(raw)
+		return nil
+	}
+}
+
+// checkTaskQueue accepts a Temporal task queue name: at most 1000 bytes of
+// UTF-8 without spaces or control characters, not under the reserved /_sys/.
+func checkTaskQueue(name string) error {
+	switch {
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%q is not valid UTF-8", name)
+	case len(name) > 1000:
+		return fmt.Errorf("task queue name is %d bytes long, more than 1000", len(name))
+	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return fmt.Errorf("task queue name %q has a space or control character", name)
+	case strings.HasPrefix(name, "/_sys/"):
+		return fmt.Errorf("task queue name %q is under /_sys/, which Temporal reserves", name)
+	}
+	return nil
+}
+
+func taskQueue(field func(*Config) *string) storeFunc {
+	return func(c *Config, v *variable, raw string) error {
+		if err := checkTaskQueue(raw); err != nil {
+			return fmt.Errorf("%w (want e.g. %s)", err, v.example)
+		}
+		*field(c) = raw
+		return nil
+	}
+}
+
+func taskQueues(field func(*Config) *[]string) func(*Config, *variable, []string) error {
+	return func(c *Config, v *variable, items []string) error {
+		for _, q := range items {
+			if err := checkTaskQueue(q); err != nil {
+				return fmt.Errorf("%w (want e.g. %s)", err, v.example)
+			}
+		}
+		*field(c) = slices.Clone(items)
+		return nil
+	}
+}
+
 func logLevel(c *Config, _ *variable, raw string) error {
 	levels := map[string]slog.Level{
 		"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
@@ -1081,8 +1172,10 @@ type fileConfig struct {
 		Databases *fileValue `yaml:"databases"`
 	} `yaml:"postgres"`
 	Redis struct {
-		Addr     *fileValue `yaml:"addr"`
-		Password *fileValue `yaml:"password"`
+		Addr      *fileValue `yaml:"addr"`
+		Password  *fileValue `yaml:"password"`
+		AOFDir    *fileValue `yaml:"aofDir"`
+		HostQueue *fileValue `yaml:"hostQueue"`
 	} `yaml:"redis"`
 	SQLite struct {
 		Databases *fileValue `yaml:"databases"`
@@ -1110,7 +1203,11 @@ type fileConfig struct {
 		DevGRPCAddr *fileValue `yaml:"devGrpcAddr"`
 		DevUIAddr   *fileValue `yaml:"devUiAddr"`
 		LogLevel    *fileValue `yaml:"logLevel"`
+		HostQueues  *fileValue `yaml:"hostQueues"`
 	} `yaml:"worker"`
+	Services struct {
+		HooksFile *fileValue `yaml:"hooksFile"`
+	} `yaml:"services"`
 }
 
 type fileTemporal struct {

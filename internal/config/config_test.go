@@ -121,6 +121,8 @@ func TestEnvironment(t *testing.T) {
 		{"DRFLOW_POSTGRES_DATABASES", " a , b ", func(c *Config) any { return c.Postgres.Databases }, []string{"kohakku-controller", "kohakku-dispatcher"}, []string{"a", "b"}},
 		{"DRFLOW_REDIS_ADDR", "redis:6380", func(c *Config) any { return c.Redis.Addr }, "127.0.0.1:6379", "redis:6380"},
 		{"DRFLOW_REDIS_PASSWORD", " rp ", func(c *Config) any { return c.Redis.Password }, Secret(""), Secret(" rp ")},
+		{"DRFLOW_REDIS_AOF_DIR", " /var/lib/redis/appendonlydir/ ", func(c *Config) any { return c.Redis.AOFDir }, "", "/var/lib/redis/appendonlydir"},
+		{"DRFLOW_REDIS_HOST_QUEUE", "drflow-redis-host", func(c *Config) any { return c.Redis.HostQueue }, "", "drflow-redis-host"},
 		{"DRFLOW_SQLITE_DATABASES", " bunqueue = /var/lib/bunqueue/queue.db , drflow-dev=.drflow/temporal.db", func(c *Config) any { return c.SQLite.Databases },
 			[]SQLiteDatabase(nil), []SQLiteDatabase{{"bunqueue", "/var/lib/bunqueue/queue.db"}, {"drflow-dev", ".drflow/temporal.db"}}},
 		{"DRFLOW_MINIO_ENDPOINT", "minio:9000", func(c *Config) any { return c.MinIO.Endpoint }, "", "minio:9000"},
@@ -141,6 +143,8 @@ func TestEnvironment(t *testing.T) {
 		{"DRFLOW_DEV_GRPC_ADDR", "0.0.0.0:7234", func(c *Config) any { return c.Worker.DevGRPCAddr }, "127.0.0.1:7233", "0.0.0.0:7234"},
 		{"DRFLOW_DEV_UI_ADDR", "[::1]:8234", func(c *Config) any { return c.Worker.DevUIAddr }, "127.0.0.1:8233", "[::1]:8234"},
 		{"DRFLOW_LOG_LEVEL", "Debug", func(c *Config) any { return c.Worker.LogLevel }, slog.LevelInfo, slog.LevelDebug},
+		{"DRFLOW_HOST_QUEUES", "drflow-redis-host, drflow-db-host", func(c *Config) any { return c.Worker.HostQueues }, []string(nil), []string{"drflow-redis-host", "drflow-db-host"}},
+		{"DRFLOW_HOOKS_FILE", "(a hooks file, written below)", func(c *Config) any { return c.Services.HooksFile }, "", "(the same path)"},
 	}
 	var covered []string
 	for _, tt := range tests {
@@ -176,6 +180,9 @@ func TestEnvironment(t *testing.T) {
 				tt.want = tt.value
 			case "TEMPORAL_PROFILE": // a named profile must exist
 				vars["TEMPORAL_CONFIG_FILE"] = writeFile(t, "temporal.toml", "[profile.ops]\n")
+			case "DRFLOW_HOOKS_FILE": // the file is read and checked
+				tt.value = writeFile(t, "hooks.yaml", "services:\n  monitor:\n    restart: {argv: [systemctl, restart, kohakku-monitor]}\n")
+				tt.want = tt.value
 			}
 			vars[tt.env] = tt.value
 			c, err = Load("", env(vars))
@@ -241,6 +248,12 @@ func TestBadValues(t *testing.T) {
 		{"DRFLOW_DEV_UI_ADDR", "ui", `DRFLOW_DEV_UI_ADDR: "ui" is not a host:port address (want e.g. 127.0.0.1:8233)`},
 		{"DRFLOW_STATE_DIR", "a\x00b", `DRFLOW_STATE_DIR: contains a NUL byte`},
 		{"DRFLOW_LOG_LEVEL", "verbose", `DRFLOW_LOG_LEVEL: "verbose" is not a log level (want debug, info, warn or error)`},
+		{"DRFLOW_REDIS_AOF_DIR", "appendonlydir", `DRFLOW_REDIS_AOF_DIR: "appendonlydir" is not an absolute path (want e.g. /var/lib/redis/appendonlydir)`},
+		{"DRFLOW_REDIS_HOST_QUEUE", "redis host", `DRFLOW_REDIS_HOST_QUEUE: task queue name "redis host" has a space or control character (want e.g. drflow-redis-host)`},
+		{"DRFLOW_REDIS_HOST_QUEUE", "/_sys/q", `DRFLOW_REDIS_HOST_QUEUE: task queue name "/_sys/q" is under /_sys/, which Temporal reserves (want e.g. drflow-redis-host)`},
+		{"DRFLOW_HOST_QUEUES", "a,a", `DRFLOW_HOST_QUEUES: "a" is listed twice in "a,a" (want e.g. drflow-redis-host)`},
+		{"DRFLOW_HOST_QUEUES", "drflow", `DRFLOW_HOST_QUEUES lists "drflow", the shared task queue (DRFLOW_TASK_QUEUE): the worker polls it anyway; list only host queues (want e.g. drflow-redis-host)`},
+		{"DRFLOW_HOOKS_FILE", "/nonexistent/hooks.yaml", `DRFLOW_HOOKS_FILE: open /nonexistent/hooks.yaml: no such file or directory (want the path of a service hooks YAML file, e.g. /etc/drflow/hooks.yaml)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
@@ -341,7 +354,7 @@ func TestFileProblems(t *testing.T) {
 	}{
 		{"unknown keys", "backup:\n  bucket: ok-bucket\n  retention: 7\ns3:\n  bucket: x\ntemporal:\n  tls:\n    insecure: true\n", []string{
 			`FILE:3: unknown key "backup.retention" (known keys in backup: bucket, endpoint, region, accessKeyId, secretAccessKey, prefix, retentionDays, forcePathStyle)`,
-			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, sqlite, minio, backup, worker)`,
+			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, sqlite, minio, backup, worker, services)`,
 			`FILE:8: unknown key "temporal.tls.insecure" (known keys in temporal.tls: enabled, clientCertPath, clientCertData, clientKeyPath, clientKeyData, serverCaCertPath, serverCaCertData, serverName, disableHostVerification)`,
 		}},
 		{"bad values name file, line and key", "backup:\n  retentionDays: seven\nminio:\n  secure: maybe\n", []string{

@@ -121,6 +121,12 @@ func startWorkerWithMetrics(t *testing.T, c client.Client, cfg *config.Config, q
 
 func newEnv(t *testing.T, tasks int) *env {
 	t.Helper()
+	return newEnvWith(t, tasks, nil)
+}
+
+// newEnvWith is newEnv with extra configuration for the worker, computed from the stack.
+func newEnvWith(t *testing.T, tasks int, extra func(st *stack.Stack) map[string]string) *env {
+	t.Helper()
 	ctx := context.Background()
 	st := stacktest.StartAll(t)
 	for _, db := range []string{schemas.ControllerDB, schemas.DispatcherDB} {
@@ -149,7 +155,11 @@ func newEnv(t *testing.T, tasks int) *env {
 	e.seeded, err = kohakku.Seed(ctx, target, kohakku.SeedOptions{Tasks: tasks, Seed: 7})
 	require.NoError(t, err)
 
-	e.cfg = loadConfig(t, stackEnv(st, nil))
+	var vars map[string]string
+	if extra != nil {
+		vars = extra(st)
+	}
+	e.cfg = loadConfig(t, stackEnv(st, vars))
 	e.c, err = client.DialContext(ctx, client.Options{HostPort: st.Temporal.GRPCAddr(), Namespace: "default"})
 	require.NoError(t, err)
 	t.Cleanup(e.c.Close)

@@ -51,9 +51,15 @@ type RedisPlan struct {
 
 // RebuildProgress is reported after each batch of a rebuild.
 type RebuildProgress struct {
-	Phase   string `json:"phase"`
-	Written int64  `json:"written"`
-	Total   int64  `json:"total"`
+	// Phase is the step running, e.g. "delete", "tasks", "queue",
+	// "containers" for Kohakku (PhaseDelete …).
+	Phase string `json:"phase"`
+	// Written counts the items of this phase done so far: keys deleted, or
+	// rows written.
+	Written int64 `json:"written"`
+	// Total is the phase's item count, from the plan; 0 when not known in
+	// advance (the delete phase).
+	Total int64 `json:"total"`
 }
 
 // RebuildResult reports a finished rebuild.

@@ -137,18 +137,7 @@ func (r *Redis) Start(ctx context.Context) error {
 	if r.proc != nil && !r.proc.exited() {
 		return nil
 	}
-	args := []string{
-		"--port", strconv.Itoa(r.port),
-		"--bind", "127.0.0.1",
-		"--protected-mode", "yes",
-		"--daemonize", "no",
-		"--dir", r.dataDir,
-		"--appendonly", "yes",
-		"--appendfsync", r.appendFsync,
-		"--appenddirname", RedisAppendDirName,
-		"--dbfilename", "dump.rdb",
-		"--save", r.save,
-	}
+	args := r.args()
 	offset := fileSize(r.logPath)
 	pr, err := startProc(procSpec{path: r.bin, args: args, dir: r.dataDir, logPath: r.logPath})
 	if err != nil {
@@ -162,6 +151,38 @@ func (r *Redis) Start(ctx context.Context) error {
 		return errors.Join(fmt.Errorf("redis on %s: %w", r.Addr(), err), pr.kill())
 	}
 	return nil
+}
+
+// DaemonCommand is the argv that starts this server outside the stack, as a
+// service manager would: the same port, data directory and AOF settings,
+// daemonized, with its pid in PIDPath(). The stack does not track a server
+// started that way: stop it with SHUTDOWN or the pid.
+func (r *Redis) DaemonCommand() []string {
+	args := append([]string{r.bin}, r.args()...)
+	for i := range args {
+		if args[i] == "--daemonize" {
+			args[i+1] = "yes"
+		}
+	}
+	return append(args, "--pidfile", r.PIDPath(), "--logfile", r.logPath)
+}
+
+// PIDPath is where a server started with DaemonCommand writes its pid.
+func (r *Redis) PIDPath() string { return filepath.Join(r.root, "redis-daemon.pid") }
+
+func (r *Redis) args() []string {
+	return []string{
+		"--port", strconv.Itoa(r.port),
+		"--bind", "127.0.0.1",
+		"--protected-mode", "yes",
+		"--daemonize", "no",
+		"--dir", r.dataDir,
+		"--appendonly", "yes",
+		"--appendfsync", r.appendFsync,
+		"--appenddirname", RedisAppendDirName,
+		"--dbfilename", "dump.rdb",
+		"--save", r.save,
+	}
 }
 
 // redisPing sends one PING over a fresh connection. A plain RESP exchange
