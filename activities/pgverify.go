@@ -31,9 +31,11 @@ import (
 // application database.
 const ScratchPrefix = "drflow_verify_"
 
-// Kinds of verification findings, in DumpCheck.Finding. They are not error
-// types of failed activities: a finding is a result (DumpCheck.Passed false), so
-// the workflow can collect every finding of a set and write its report.
+// Kinds of problems with a stored dump. VerifyDump reports them as findings in
+// DumpCheck.Finding — results, not errors (DumpCheck.Passed false), so the
+// workflow can collect every finding of a set and write its report.
+// RestoreDatabase, which must not go on, raises them as the types of its
+// non-retryable errors.
 const (
 	// ErrChecksumMismatch: the stored object's size or SHA-256 differs from the
 	// manifest (bit rot, a truncated upload, a changed object).
@@ -42,16 +44,17 @@ const (
 	// whole dump: zstd cannot decode them, they decode to another size than the
 	// manifest's, or pg_restore cannot read the archive.
 	ErrArchiveCorrupt = "ArchiveCorrupt"
-	// ErrRestoreFailed: pg_restore into the scratch database failed while the
-	// server stayed reachable (a missing role, extension or tablespace …).
+	// ErrRestoreFailed: pg_restore into the scratch (or staging) database failed
+	// while the server stayed reachable (a missing role, extension or tablespace …).
 	ErrRestoreFailed = "RestoreFailed"
 	// ErrRowCountMismatch: a table of the manifest has another row count in the
 	// restored database, or is missing from it.
 	ErrRowCountMismatch = "RowCountMismatch"
 )
 
-// ErrArtifactNotFound is the error type of the non-retryable error VerifyDump
-// returns when the manifest names an object the store does not hold.
+// ErrArtifactNotFound is the error type of the non-retryable error VerifyDump,
+// RestoreDatabase and the object restore return when the manifest names an
+// object the store does not hold.
 const ErrArtifactNotFound = "ArtifactNotFound"
 
 // maintenanceDB is the database VerifyDump and DropScratch connect to for

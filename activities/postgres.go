@@ -29,7 +29,8 @@ const (
 	ErrDatabaseNotFound = "DatabaseNotFound"
 	// ErrAuthFailed: the server rejected the configured role or password.
 	ErrAuthFailed = "AuthFailed"
-	// ErrTableNotFound: a table named in DumpInput.CountTables does not exist.
+	// ErrTableNotFound: a table named in DumpInput.CountTables or Tables (or in a
+	// table restore) does not exist.
 	ErrTableNotFound = "TableNotFound"
 	// ErrPermissionDenied: the role may not read a table or export a snapshot.
 	ErrPermissionDenied = "PermissionDenied"
@@ -71,6 +72,12 @@ type DumpInput struct {
 	// the dump's own snapshot: "table" or "schema.table", as stored (no quoting).
 	// A missing table fails the dump.
 	CountTables []string `json:"countTables"`
+	// Tables, when not empty, limits the dump to these tables ("table" or
+	// "schema.table", as stored): one `pg_dump --table` each, quoted so no
+	// character is a wildcard, with --strict-names, so a table that does not
+	// exist fails the dump (ErrTableNotFound) instead of being left out. Empty
+	// dumps the whole database.
+	Tables []string `json:"tables,omitempty"`
 }
 
 // DumpProgress is Dump's heartbeat detail, shown in the Web UI. A dump cannot
@@ -153,6 +160,11 @@ func (p *Postgres) checkDumpInput(in DumpInput) error {
 			return bad("count tables: %w", err)
 		}
 	}
+	for _, t := range in.Tables {
+		if _, err := tableIdent(t); err != nil {
+			return bad("tables: %w", err)
+		}
+	}
 	if p.Store == nil {
 		return NonRetryable(ErrInvalidConfig, fmt.Errorf("dump %s: no backup store configured", in.Database))
 	}
@@ -230,7 +242,7 @@ func (p *Postgres) dump(ctx context.Context, in DumpInput, dbURL, connURL, passw
 	// pg_dump runs under its own context so that every way out of here kills it.
 	dumpCtx, cancelDump := context.WithCancel(ctx)
 	defer cancelDump()
-	cmd := exec.CommandContext(dumpCtx, p.program("pg_dump"), p.pgDumpArgs(snapshot, connURL)...)
+	cmd := exec.CommandContext(dumpCtx, p.program("pg_dump"), p.pgDumpArgs(snapshot, connURL, in.Tables)...)
 	cmd.Env = append(os.Environ(), "PGAPPNAME=drflow pg_dump")
 	if password != "" {
 		// Environment, not argv: argv is visible to every user in ps.
@@ -284,13 +296,21 @@ func (p *Postgres) program(name string) string {
 	return filepath.Join(p.BinDir, name)
 }
 
-func (p *Postgres) pgDumpArgs(snapshot, connURL string) []string {
+func (p *Postgres) pgDumpArgs(snapshot, connURL string, tables []string) []string {
 	args := []string{
 		"--format=custom",
 		// Uncompressed: zstd compresses the whole stream, better and faster.
 		"--compress=0",
 		"--snapshot=" + snapshot,
 		"--no-password",
+	}
+	if len(tables) > 0 {
+		args = append(args, "--strict-names")
+		for _, t := range tables {
+			id, _ := tableIdent(t) // checked with the input
+			// A quoted pattern matches the name literally: no '*', '?' or '.' magic.
+			args = append(args, "--table="+id.Sanitize())
+		}
 	}
 	if p.LockWaitTimeout > 0 {
 		args = append(args, "--lock-wait-timeout="+strconv.FormatInt(max(p.LockWaitTimeout.Milliseconds(), 1), 10))
@@ -355,6 +375,9 @@ func (e *pgDumpError) class() string {
 		return ErrDatabaseNotFound
 	case strings.Contains(s, "permission denied"):
 		return ErrPermissionDenied
+	case strings.Contains(s, "no matching tables were found"):
+		// --strict-names with DumpInput.Tables.
+		return ErrTableNotFound
 	}
 	return ""
 }

@@ -389,8 +389,9 @@ summary (%s)
   SelfCheck    %d steps heartbeated by %s
   Backup set   %s
 %s
-NightlyBackup and its VerifyBackup run for real. The recovery runbooks (RedisLoss,
-MinIOLoss, TotalDBLoss, FullClusterRecovery) are not built yet.
+NightlyBackup and its VerifyBackup run for real. Try a recovery against this stack with
+--keep: starter start TotalDBLoss --input '{"dryRun": true}' --wait (RedisLoss and MinIOLoss
+likewise, and FullClusterRecovery).
 `,
 		time.Since(d.started).Round(100*time.Millisecond),
 		st.Postgres.URL(""), schemas.ControllerDB, schemas.DispatcherDB, d.summary.Tasks,

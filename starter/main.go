@@ -9,6 +9,7 @@
 //	starter backup [--wait]                       start a NightlyBackup now
 //	starter backups list                          sets in the backup store
 //	starter drill [--set ID]                      VerifyBackup now (a DR drill)
+//	starter restore-tables --database DB --table T  restore tables from a set, side by side or in place
 //	starter schedule create|describe|pause|unpause|trigger|delete
 //	starter demo [--keep]                         local stack + worker --dev + Web UI
 //
@@ -53,6 +54,7 @@ func commands() []command {
 		{"backup", "[--input JSON] [--wait]", "start a NightlyBackup now", runBackup},
 		{"backups", "list [--json]", "list the sets in the backup store", runBackups},
 		{"drill", "[--set ID] [--no-restore] [--wait]", "verify a set now: restore into scratch targets, measure RTO", runDrill},
+		{"restore-tables", "--database DB --table T [--mode side|replace] [flags]", "restore tables from a set, side by side or in place", runRestoreTables},
 		{"schedule", "create|describe|pause|unpause|trigger|delete", "manage the nightly backup schedule", runSchedule},
 		{"demo", "[--keep] [--tasks N]", "bring up a local stack with worker --dev and the Web UI", runDemo},
 	}

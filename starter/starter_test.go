@@ -22,7 +22,7 @@ func TestDecodeInput(t *testing.T) {
 	}{
 		{"defaults", workflows.SelfCheckName, `{}`, ""},
 		{"valid fields", workflows.SelfCheckName, `{"steps": 3, "stepInterval": "250ms"}`, ""},
-		{"unknown type", "NightlyBakup", `{}`, `unknown workflow type "NightlyBakup"; one of: NightlyBackup, VerifyBackup, SelfCheck`},
+		{"unknown type", "NightlyBakup", `{}`, `unknown workflow type "NightlyBakup"; one of: NightlyBackup, VerifyBackup, RedisLoss`},
 		{"unknown field", workflows.SelfCheckName, `{"stepz": 3}`, `unknown field "stepz"`},
 		{"wrong type", workflows.SelfCheckName, `{"steps": "three"}`, `SelfCheckInput.steps of type int`},
 		{"bare number duration", workflows.SelfCheckName, `{"stepInterval": 5}`, `want a duration string such as "90s"`},
@@ -48,7 +48,7 @@ func TestUsageErrors(t *testing.T) {
 	assert.Contains(t, errOut.String(), "usage: starter COMMAND")
 
 	err = run(context.Background(), []string{"start"}, &out, &errOut)
-	assert.ErrorContains(t, err, "missing workflow type; one of: NightlyBackup, VerifyBackup, SelfCheck")
+	assert.ErrorContains(t, err, "missing workflow type; one of: NightlyBackup, VerifyBackup, RedisLoss")
 }
 
 // TestDemo runs `starter demo` end to end: the private stack, the seeded dataset, a real

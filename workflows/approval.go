@@ -132,7 +132,7 @@ func (a *approval) validate() error {
 	case a.plan == nil || a.state.Status == ApprovalPlanning:
 		return errors.New("there is no plan to decide on yet: the runbook is still planning; query \"plan\" and try again")
 	case a.state.Status == ApprovalNotNeeded:
-		return errors.New("this is a dry run: it changes nothing, so there is nothing to approve")
+		return errors.New("nothing to approve: this run changes nothing live (a dry run, or a side copy)")
 	case a.state.Status == ApprovalAuto:
 		return errors.New("already approved: the input said autoApprove")
 	case a.state.Status == ApprovalTimedOut:

@@ -42,6 +42,8 @@ type Progress struct {
 	Steps []StepProgress `json:"steps"`
 	// Approval of a recovery runbook's plan; nil for runbooks that change nothing live.
 	Approval *ApprovalState `json:"approval,omitempty"`
+	// Tasks are the counts of a re-dispatch (RedispatchLostTasks).
+	Tasks *TaskCounts `json:"tasks,omitempty"`
 }
 
 // tracker records step progress in workflow state and mirrors the current step into the

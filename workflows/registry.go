@@ -17,6 +17,9 @@ func All() []Definition {
 		{Name: RedisLossName, Func: RedisLoss, NewInput: func() any { return new(RedisLossInput) }},
 		{Name: MinIOLossName, Func: MinIOLoss, NewInput: func() any { return new(MinIOLossInput) }},
 		{Name: TotalDBLossName, Func: TotalDBLoss, NewInput: func() any { return new(TotalDBLossInput) }},
+		{Name: RestoreTablesName, Func: RestoreTables, NewInput: func() any { return new(RestoreTablesInput) }},
+		{Name: FullClusterRecoveryName, Func: FullClusterRecovery, NewInput: func() any { return new(FullClusterRecoveryInput) }},
+		{Name: RedispatchLostTasksName, Func: RedispatchLostTasks, NewInput: func() any { return new(RedispatchLostTasksInput) }},
 		{Name: SelfCheckName, Func: SelfCheck, NewInput: func() any { return new(SelfCheckInput) }},
 	}
 }

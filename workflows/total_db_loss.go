@@ -33,6 +33,9 @@ type TotalDBLossInput struct {
 	NoOwner bool `json:"noOwner,omitempty"`
 	// SkipRedis leaves Redis alone (default: rebuild it from the restored databases).
 	SkipRedis bool `json:"skipRedis,omitempty"`
+	// SkipServices runs no service hooks (FullClusterRecovery restarts the services
+	// itself, after Redis and MinIO).
+	SkipServices bool `json:"skipServices,omitempty"`
 	// AllowFailedVerification lets a named set that failed (or never ran) verification through.
 	AllowFailedVerification bool `json:"allowFailedVerification,omitempty"`
 	RecoveryOptions
@@ -195,7 +198,7 @@ func TotalDBLoss(ctx workflow.Context, in TotalDBLossInput) (TotalDBLossResult, 
 		plan.DownloadBytes += a.Size
 		plan.Databases = append(plan.Databases, dp)
 	}
-	if !drill {
+	if !drill && !in.SkipServices {
 		var order []activities.PlannedRestart
 		if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, metadataActivityOptions("restart order")), svc.RestartOrder).Get(ctx, &order); err != nil {
 			t.finish(ctx, stepDBPlan, "", err)
@@ -204,6 +207,8 @@ func TotalDBLoss(ctx workflow.Context, in TotalDBLossInput) (TotalDBLossResult, 
 		plan.Restart = plannedServices(order, dbServices...)
 		plan.Stop = slices.Clone(plan.Restart)
 		slices.Reverse(plan.Stop)
+	}
+	if !drill {
 		plan.RebuildRedis = !in.SkipRedis && len(targets.Redis) > 0
 	}
 	plan.Actions = totalDBLossActions(plan)
@@ -249,9 +254,12 @@ func TotalDBLoss(ctx workflow.Context, in TotalDBLossInput) (TotalDBLossResult, 
 	}
 
 	// Stop the services that write to the databases.
-	if drill {
+	switch {
+	case drill:
 		r.skip(ctx, stepDBStop, "drill (targetSuffix): services left alone")
-	} else {
+	case in.SkipServices:
+		r.skip(ctx, stepDBStop, "skipServices")
+	default:
 		t.start(ctx, stepDBStop)
 		hooks, err := runHooks(ctx, targets, plan.Stop, "stop")
 		res.Hooks = append(res.Hooks, hooks...)
@@ -291,12 +299,16 @@ func TotalDBLoss(ctx workflow.Context, in TotalDBLossInput) (TotalDBLossResult, 
 		return res, nil
 	}
 
-	t.start(ctx, stepDBRestart)
-	hooks, err := runHooks(ctx, targets, plan.Restart, "restart", "health")
-	res.Hooks = append(res.Hooks, hooks...)
-	t.finish(ctx, stepDBRestart, hookDetail(hooks), err)
-	if err != nil {
-		return res, err
+	if in.SkipServices {
+		r.skip(ctx, stepDBRestart, "skipServices")
+	} else {
+		t.start(ctx, stepDBRestart)
+		hooks, err := runHooks(ctx, targets, plan.Restart, "restart", "health")
+		res.Hooks = append(res.Hooks, hooks...)
+		t.finish(ctx, stepDBRestart, hookDetail(hooks), err)
+		if err != nil {
+			return res, err
+		}
 	}
 
 	if !plan.RebuildRedis {

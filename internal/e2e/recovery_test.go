@@ -270,6 +270,17 @@ func TestRedisLossEndToEnd(t *testing.T) {
 	corrupt, err := os.ReadFile(incr[len(incr)-1])
 	require.NoError(t, err)
 
+	// A dry run plans the quarantine and changes nothing: the AOF stays, Redis stays down.
+	var dry workflows.RedisLossResult
+	require.NoError(t, e.recover(ctx, t, "redisloss-dry", workflows.RedisLossName,
+		workflows.RedisLossInput{RecoveryOptions: workflows.RecoveryOptions{DryRun: true}}, &dry))
+	assert.Equal(t, workflows.OutcomeDryRun, dry.Outcome)
+	assert.NotEmpty(t, dry.Plan.Quarantine)
+	kept, err := os.ReadFile(incr[len(incr)-1])
+	require.NoError(t, err, "a dry run moves nothing")
+	assert.Equal(t, corrupt, kept)
+	assert.Error(t, redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1}).Ping(ctx).Err(), "a dry run starts nothing")
+
 	id := "redisloss-corrupt"
 	run := e.startRun(ctx, t, id, workflows.RedisLossName, workflows.RedisLossInput{})
 	e.waitForApproval(ctx, t, id)
@@ -290,7 +301,7 @@ func TestRedisLossEndToEnd(t *testing.T) {
 	require.NoError(t, run.Get(ctx, &res))
 	require.NotNil(t, res.Quarantine)
 	assert.Equal(t, plan.Quarantine, res.Quarantine.To)
-	kept, err := os.ReadFile(filepath.Join(res.Quarantine.To, filepath.Base(incr[len(incr)-1])))
+	kept, err = os.ReadFile(filepath.Join(res.Quarantine.To, filepath.Base(incr[len(incr)-1])))
 	require.NoError(t, err, "the corrupt AOF is kept, not deleted")
 	assert.Equal(t, corrupt, kept)
 	assert.Equal(t, seeded, redisState(ctx, t, addr), "state rebuilt after the quarantine")
@@ -370,6 +381,14 @@ func TestMinIOLossEndToEnd(t *testing.T) {
 	newer := "edited after the backup"
 	_, err = e.objects.PutObject(ctx, bucket, skill, strings.NewReader(newer), int64(len(newer)), minio.PutObjectOptions{})
 	require.NoError(t, err)
+	before := objectSums(ctx, t, e.objects, bucket)
+	var dry workflows.MinIOLossResult
+	require.NoError(t, e.recover(ctx, t, "minioloss-dry", workflows.MinIOLossName,
+		workflows.MinIOLossInput{RecoveryOptions: workflows.RecoveryOptions{DryRun: true}}, &dry))
+	assert.Equal(t, workflows.OutcomeDryRun, dry.Outcome)
+	assert.Equal(t, int64(1), dry.Plan.Objects.Restore, "the plan: one unfinished brief to restore")
+	assert.Equal(t, before, objectSums(ctx, t, e.objects, bucket), "a dry run changes nothing")
+
 	var res workflows.MinIOLossResult
 	require.NoError(t, e.recover(ctx, t, "minioloss-partial", workflows.MinIOLossName,
 		workflows.MinIOLossInput{RecoveryOptions: workflows.RecoveryOptions{AutoApprove: true}}, &res))

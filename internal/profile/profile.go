@@ -6,6 +6,7 @@ package profile
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
@@ -35,6 +36,67 @@ type Profile interface {
 	// in the order they are needed. Objects matching no class are restored only
 	// with scope "all", after every class.
 	ObjectClasses(ctx context.Context, db DB, bucket string) ([]ObjectClass, error)
+
+	// RequeueLost re-queues one batch of in-flight tasks whose agent is gone (by
+	// rule), each at most once per recoveryID however often it is called: the
+	// database change and the queue push are recorded per recovery, and a push
+	// interrupted by a crash is completed by the next call.
+	RequeueLost(ctx context.Context, db DB, rdb redis.UniversalClient, in RequeueInput) (RequeueResult, error)
+	// TrackRequeued counts the tasks recoveryID re-queued by their status now, and
+	// lists up to limit of those not finished yet, with ids greater than after.
+	TrackRequeued(ctx context.Context, db DB, recoveryID string, after int64, limit int) (RequeueStatus, error)
+	// CleanupAgents marks the agents that are gone (by rule) dead and removes them
+	// from Redis's live set. It does not touch their tasks.
+	CleanupAgents(ctx context.Context, db DB, rdb redis.UniversalClient, rule LostRule) (CleanupResult, error)
+	// LatestGeneration is the highest agent registration number in the database:
+	// after a restore, every agent at or below it belongs to the lost cluster.
+	LatestGeneration(ctx context.Context, db DB) (int64, error)
+}
+
+// LostRule says which agents are gone.
+type LostRule struct {
+	// HeartbeatBefore: an agent whose last heartbeat is older is gone.
+	HeartbeatBefore time.Time `json:"heartbeatBefore"`
+	// GenerationUpTo: agents registered with this generation or a lower one
+	// belong to the cluster that was lost; 0 means no such rule.
+	GenerationUpTo int64 `json:"generationUpTo,omitempty"`
+}
+
+// RequeueInput selects a batch of lost tasks to re-queue.
+type RequeueInput struct {
+	RecoveryID string   `json:"recoveryId"`
+	Rule       LostRule `json:"rule"`
+	Batch      int      `json:"batch"`
+}
+
+// RequeueResult reports one RequeueLost call.
+type RequeueResult struct {
+	// Requeued tasks in this call (database and queue).
+	Requeued int64 `json:"requeued"`
+	// Repushed tasks whose queue push an earlier, interrupted call had not done.
+	Repushed int64 `json:"repushed"`
+	// Done: no lost task is left to re-queue.
+	Done bool `json:"done"`
+}
+
+// RequeueStatus is where the tasks of one recovery are now.
+type RequeueStatus struct {
+	// Requeued is how many tasks the recovery re-queued.
+	Requeued int64 `json:"requeued"`
+	// ByStatus counts them by current status.
+	ByStatus map[string]int64 `json:"byStatus"`
+	// Outstanding are those not completed, failed or cancelled yet.
+	Outstanding int64 `json:"outstanding"`
+	// OutstandingIDs is one page of them, in id order.
+	OutstandingIDs []int64 `json:"outstandingIds,omitempty"`
+}
+
+// CleanupResult reports a CleanupAgents call.
+type CleanupResult struct {
+	// Dead is how many agents were marked dead.
+	Dead int64 `json:"dead"`
+	// Examples of their ids (up to 10).
+	Examples []string `json:"examples,omitempty"`
 }
 
 // RedisPlan counts what a rebuild from PostgreSQL writes.
