@@ -81,12 +81,12 @@ func (in *NightlyBackupInput) normalize() error {
 }
 
 // longActivityOptions are the options of a long, heartbeating step (a dump, a mirror, a
-// restore): a dead worker is noticed within a minute and the step restarts elsewhere, with
-// backoff, up to attempts times.
+// restore): a dead worker is noticed within 30 seconds (the activities heartbeat every
+// 10) and the step restarts elsewhere, with backoff, up to attempts times.
 func longActivityOptions(summary string, attempts int32) workflow.ActivityOptions {
 	return workflow.ActivityOptions{
 		StartToCloseTimeout: 12 * time.Hour,
-		HeartbeatTimeout:    time.Minute,
+		HeartbeatTimeout:    30 * time.Second,
 		Summary:             summary,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:    5 * time.Second,

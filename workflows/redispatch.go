@@ -217,7 +217,10 @@ func RedispatchLostTasks(ctx workflow.Context, in RedispatchLostTasksInput) (Red
 	}
 
 	t.start(ctx, stepTrack)
-	actx := workflow.WithActivityOptions(ctx, metadataActivityOptions("count re-queued tasks"))
+	// A count is quick: a worker that died during one is given up on after 30 seconds.
+	trackOpts := metadataActivityOptions("count re-queued tasks")
+	trackOpts.StartToCloseTimeout, trackOpts.HeartbeatTimeout = 30*time.Second, 0
+	actx := workflow.WithActivityOptions(ctx, trackOpts)
 	for {
 		var s profile.RequeueStatus
 		if err := workflow.ExecuteActivity(actx, app.TrackRequeued, activities.TrackInput{RecoveryID: in.RecoveryID, After: st.After, Limit: pageSize}).Get(ctx, &s); err != nil {
