@@ -8,17 +8,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/kohakku/drflow/activities"
 	"github.com/kohakku/drflow/internal/activitytest"
@@ -37,13 +34,7 @@ type restoreRun struct {
 
 // phases returns the distinct phases of the heartbeats, in order.
 func (r restoreRun) phases() []string {
-	var ph []string
-	for _, h := range r.heartbeats {
-		if len(ph) == 0 || ph[len(ph)-1] != h.Phase {
-			ph = append(ph, h.Phase)
-		}
-	}
-	return ph
+	return activitytest.Phases(r.heartbeats, func(p activities.RestoreProgress) string { return p.Phase })
 }
 
 // runRestore executes pg.RestoreDatabase in a test activity environment whose
@@ -51,36 +42,8 @@ func (r restoreRun) phases() []string {
 // onBeat, when set, sees every heartbeat as the activity records it.
 func runRestore(t *testing.T, ctx context.Context, pg *activities.Postgres, in activities.RestoreDatabaseInput, onBeat func(activities.RestoreProgress)) restoreRun {
 	t.Helper()
-	var mu sync.Mutex
-	var run restoreRun
-	beats := activitytest.Heartbeats(func(details ...any) {
-		p, ok := details[0].(activities.RestoreProgress)
-		if !ok || len(details) != 1 {
-			t.Errorf("heartbeat details %#v, want one RestoreProgress", details)
-			return
-		}
-		mu.Lock()
-		run.heartbeats = append(run.heartbeats, p)
-		mu.Unlock()
-		if onBeat != nil {
-			onBeat(p)
-		}
-	})
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestActivityEnvironment()
-	env.SetWorkerOptions(worker.Options{
-		BackgroundActivityContext: ctx,
-		Interceptors:              []interceptor.WorkerInterceptor{beats},
-	})
-	env.RegisterActivity(pg)
-	v, err := env.ExecuteActivity(pg.RestoreDatabase, in)
-	mu.Lock()
-	defer mu.Unlock()
-	run.err = err
-	if err == nil {
-		require.NoError(t, v.Get(&run.res))
-	}
-	return run
+	r := activitytest.Execute[activities.RestoreDatabaseResult, activities.RestoreProgress](t, ctx, pg, pg.RestoreDatabase, in, onBeat)
+	return restoreRun{res: r.Result, err: r.Err, heartbeats: r.Heartbeats}
 }
 
 func runInspect(t *testing.T, pg *activities.Postgres, in activities.InspectDatabaseInput) (activities.DatabaseState, error) {

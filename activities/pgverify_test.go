@@ -20,10 +20,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/kohakku/drflow/activities"
 	"github.com/kohakku/drflow/internal/activitytest"
@@ -42,13 +40,7 @@ type verifyRun struct {
 
 // phases returns the distinct phases of the heartbeats, in order.
 func (r verifyRun) phases() []string {
-	var ph []string
-	for _, h := range r.heartbeats {
-		if len(ph) == 0 || ph[len(ph)-1] != h.Phase {
-			ph = append(ph, h.Phase)
-		}
-	}
-	return ph
+	return activitytest.Phases(r.heartbeats, func(p activities.VerifyProgress) string { return p.Phase })
 }
 
 // runVerify executes pg.VerifyDump in a test activity environment whose activity
@@ -56,36 +48,8 @@ func (r verifyRun) phases() []string {
 // set, sees every heartbeat as the activity records it.
 func runVerify(t *testing.T, ctx context.Context, pg *activities.Postgres, in activities.VerifyDumpInput, onBeat func(activities.VerifyProgress)) verifyRun {
 	t.Helper()
-	var mu sync.Mutex
-	var run verifyRun
-	beats := activitytest.Heartbeats(func(details ...any) {
-		p, ok := details[0].(activities.VerifyProgress)
-		if !ok || len(details) != 1 {
-			t.Errorf("heartbeat details %#v, want one VerifyProgress", details)
-			return
-		}
-		mu.Lock()
-		run.heartbeats = append(run.heartbeats, p)
-		mu.Unlock()
-		if onBeat != nil {
-			onBeat(p)
-		}
-	})
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestActivityEnvironment()
-	env.SetWorkerOptions(worker.Options{
-		BackgroundActivityContext: ctx,
-		Interceptors:              []interceptor.WorkerInterceptor{beats},
-	})
-	env.RegisterActivity(pg)
-	v, err := env.ExecuteActivity(pg.VerifyDump, in)
-	mu.Lock()
-	defer mu.Unlock()
-	run.err = err
-	if err == nil {
-		require.NoError(t, v.Get(&run.check))
-	}
-	return run
+	r := activitytest.Execute[activities.DumpCheck, activities.VerifyProgress](t, ctx, pg, pg.VerifyDump, in, onBeat)
+	return verifyRun{check: r.Result, err: r.Err, heartbeats: r.Heartbeats}
 }
 
 func runDropScratch(pg *activities.Postgres, name string) error {

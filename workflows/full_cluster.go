@@ -32,17 +32,11 @@ type FullClusterRecoveryInput struct {
 }
 
 func (in *FullClusterRecoveryInput) normalize() error {
-	if in.SetID != "" {
-		if _, err := activities.ParseSetID(in.SetID); err != nil {
-			return invalidInput("setId", "%v", err)
-		}
+	if err := checkSetID(in.SetID); err != nil {
+		return err
 	}
-	switch in.Scope {
-	case "":
-		in.Scope = ScopeNeeded
-	case ScopeNeeded, ScopeAll:
-	default:
-		return invalidInput("scope", "%q is not a scope: use %q or %q", in.Scope, ScopeNeeded, ScopeAll)
+	if err := checkScope(&in.Scope); err != nil {
+		return err
 	}
 	if in.LostAfter == 0 {
 		in.LostAfter = Duration(2 * time.Minute)

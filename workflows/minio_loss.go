@@ -40,17 +40,11 @@ type MinIOLossInput struct {
 }
 
 func (in *MinIOLossInput) normalize() error {
-	if in.SetID != "" {
-		if _, err := activities.ParseSetID(in.SetID); err != nil {
-			return invalidInput("setId", "%v", err)
-		}
+	if err := checkSetID(in.SetID); err != nil {
+		return err
 	}
-	switch in.Scope {
-	case "":
-		in.Scope = ScopeNeeded
-	case ScopeNeeded, ScopeAll:
-	default:
-		return invalidInput("scope", "%q is not a scope: use %q (what the application needs) or %q (every object)", in.Scope, ScopeNeeded, ScopeAll)
+	if err := checkScope(&in.Scope); err != nil {
+		return err
 	}
 	return in.RecoveryOptions.normalize()
 }

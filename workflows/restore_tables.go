@@ -49,10 +49,8 @@ type RestoreTablesInput struct {
 }
 
 func (in *RestoreTablesInput) normalize() error {
-	if in.SetID != "" {
-		if _, err := activities.ParseSetID(in.SetID); err != nil {
-			return invalidInput("setId", "%v", err)
-		}
+	if err := checkSetID(in.SetID); err != nil {
+		return err
 	}
 	if in.Database == "" {
 		return invalidInput("database", "empty: name the database that holds the tables, e.g. \"kohakku-controller\"")

@@ -44,10 +44,8 @@ type TotalDBLossInput struct {
 var targetSuffixRE = regexp.MustCompile(`^[a-z0-9_-]{1,20}$`)
 
 func (in *TotalDBLossInput) normalize() error {
-	if in.SetID != "" {
-		if _, err := activities.ParseSetID(in.SetID); err != nil {
-			return invalidInput("setId", "%v", err)
-		}
+	if err := checkSetID(in.SetID); err != nil {
+		return err
 	}
 	if in.TargetSuffix != "" && !targetSuffixRE.MatchString(in.TargetSuffix) {
 		return invalidInput("targetSuffix", "%q: use 1 to 20 lowercase letters, digits, '_' or '-', e.g. \"_drill\"", in.TargetSuffix)

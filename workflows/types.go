@@ -7,6 +7,8 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/kohakku/drflow/activities"
 )
 
 // TaskQueue is the shared task queue every drflow worker polls unless configured otherwise.
@@ -60,4 +62,28 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func invalidInput(field, format string, args ...any) error {
 	msg := fmt.Sprintf("input field %q: %s", field, fmt.Sprintf(format, args...))
 	return temporal.NewNonRetryableApplicationError(msg, ErrInvalidInput, nil)
+}
+
+// checkSetID accepts "" (the default set) or a set id such as 2026-11-21T02-00-00Z.
+func checkSetID(id string) error {
+	if id == "" {
+		return nil
+	}
+	if _, err := activities.ParseSetID(id); err != nil {
+		return invalidInput("setId", "%v", err)
+	}
+	return nil
+}
+
+// checkScope defaults an object restore scope to "needed" and refuses anything but
+// "needed" and "all".
+func checkScope(scope *string) error {
+	switch *scope {
+	case "":
+		*scope = ScopeNeeded
+	case ScopeNeeded, ScopeAll:
+	default:
+		return invalidInput("scope", "%q is not a scope: use %q (what the application needs) or %q (every object)", *scope, ScopeNeeded, ScopeAll)
+	}
+	return nil
 }

@@ -38,10 +38,8 @@ type VerifyBackupResult struct {
 }
 
 func (in *VerifyBackupInput) normalize() error {
-	if in.SetID != "" {
-		if _, err := activities.ParseSetID(in.SetID); err != nil {
-			return invalidInput("setId", "%v", err)
-		}
+	if err := checkSetID(in.SetID); err != nil {
+		return err
 	}
 	if in.Restore == nil {
 		t := true
