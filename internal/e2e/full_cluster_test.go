@@ -189,6 +189,7 @@ func (s *fullClusterLoss) check(ctx context.Context, t *testing.T, id string, re
 // new generation of agents comes up with the services. Every task in flight at the
 // recovery point is re-queued once and ends completed or failed; none runs twice.
 func TestFullClusterRecoveryEndToEnd(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	s := newFullClusterLoss(ctx, t)

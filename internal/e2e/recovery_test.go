@@ -230,6 +230,7 @@ func requireNonRetryable(t *testing.T, err error, errType string, contains ...st
 // corrupt AOF. Both times the runbook starts Redis through its hook and rebuilds exactly
 // the state the seeder wrote; the corrupt AOF is kept, moved aside.
 func TestRedisLossEndToEnd(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	h := newHooks(t)
 	e := newEnvWith(t, 400, func(st *stack.Stack) map[string]string { return h.env(t, st) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -351,6 +352,7 @@ func (e *env) unfinishedBriefs(ctx context.Context, t *testing.T) map[string]boo
 // lost next to a live object newer than the set, then the whole bucket deleted — first
 // what the application needs, then everything.
 func TestMinIOLossEndToEnd(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	e := newEnv(t, 400)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -440,6 +442,7 @@ func md5Sum(s string) []byte {
 // TestTotalDBLossEndToEnd wipes PostgreSQL and empties Redis; the runbook restores both
 // databases from the verified set, runs the service hooks in order and rebuilds Redis.
 func TestTotalDBLossEndToEnd(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	h := newHooks(t)
 	e := newEnvWith(t, 400, func(st *stack.Stack) map[string]string { return h.env(t, st) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -494,6 +497,7 @@ func TestTotalDBLossEndToEnd(t *testing.T) {
 // rejected run change nothing; an approved run takes a safety copy first, and that copy
 // restores to the pre-recovery data.
 func TestTotalDBLossApproval(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	e := newEnv(t, 300)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -575,6 +579,7 @@ func TestTotalDBLossApproval(t *testing.T) {
 // TestRecoveryBadInput: every input a runbook cannot act on fails within seconds,
 // non-retryably, naming the problem and the fix, with nothing changed.
 func TestRecoveryBadInput(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	e := newEnv(t, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

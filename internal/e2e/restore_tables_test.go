@@ -67,6 +67,7 @@ func (e *env) safetyObjects(ctx context.Context, t *testing.T) []string {
 // pre-replace rows; a table that does not exist, one the set lacks, a schema mismatch and
 // a foreign key the replace would break are each refused with nothing changed.
 func TestRestoreTables(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	e := newEnv(t, 200)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

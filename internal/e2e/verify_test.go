@@ -72,6 +72,7 @@ func (e *env) writeManifest(ctx context.Context, t *testing.T, m activities.Mani
 // figures; a flipped byte, a truncated dump, a wrong row count and a deleted manifest are
 // each caught with a clear message; scratch databases never outlive a run.
 func TestVerifyBackupEndToEnd(t *testing.T) {
+	t.Parallel() // each test has its own stack
 	e := newEnv(t, 2000)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

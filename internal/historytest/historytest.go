@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -65,7 +66,12 @@ func IDs(dir string) (map[string]string, error) {
 	return ids, nil
 }
 
+// idsMu serializes the read-modify-write of IDsFile between parallel tests.
+var idsMu sync.Mutex
+
 func recordID(path, file, id string) error {
+	idsMu.Lock()
+	defer idsMu.Unlock()
 	ids, err := IDs(filepath.Dir(path))
 	if err != nil {
 		return err
