@@ -47,7 +47,8 @@ func (failDB) Connect(context.Context, string) (*pgx.Conn, error) {
 
 func newRedis(t testing.TB, addr string) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	// Generous timeouts: a loaded test machine must not fail a large rebuild.
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
 }
