@@ -18,8 +18,11 @@ type LostTasksInput struct {
 	LostAfter time.Duration `json:"lostAfter"`
 	// GenerationUpTo: agents registered at or below it belong to the lost cluster (0: none).
 	GenerationUpTo int64 `json:"generationUpTo,omitempty"`
-	// Batch is the number of tasks re-queued per call.
+	// Batch is the number of tasks per statement and queue push.
 	Batch int `json:"batch"`
+	// For: a RequeueLost call goes on with batch after batch for this long, heartbeating
+	// its totals (0: one batch per call).
+	For time.Duration `json:"for,omitempty"`
 }
 
 func (in LostTasksInput) rule() profile.LostRule {
@@ -34,13 +37,16 @@ func (in LostTasksInput) check() error {
 		return NonRetryable(ErrInvalidInput, fmt.Errorf("input field \"lostAfter\" must be positive, got %s", in.LostAfter))
 	case in.Batch < 0 || in.Batch > 100000:
 		return NonRetryable(ErrInvalidInput, fmt.Errorf("input field \"batch\": %d is out of range (1 to 100000)", in.Batch))
+	case in.For < 0 || in.For > time.Hour:
+		return NonRetryable(ErrInvalidInput, fmt.Errorf("input field \"for\": %s is out of range (0 to 1h)", in.For))
 	}
 	return nil
 }
 
-// RequeueLost re-queues one batch of in-flight tasks whose agent is gone — in
-// PostgreSQL first, then in Redis — each at most once per recovery, however often the
-// activity is retried (the profile records every re-queue and its queue push).
+// RequeueLost re-queues in-flight tasks whose agent is gone, batch after batch for up to
+// in.For — in PostgreSQL first, then in Redis — each at most once per recovery, however
+// often the activity is retried (the profile records every re-queue and its queue push).
+// It heartbeats its totals after each batch.
 func (a *AppState) RequeueLost(ctx context.Context, in LostTasksInput) (profile.RequeueResult, error) {
 	if err := in.check(); err != nil {
 		return profile.RequeueResult{}, err
@@ -54,11 +60,14 @@ func (a *AppState) RequeueLost(ctx context.Context, in LostTasksInput) (profile.
 		return profile.RequeueResult{}, err
 	}
 	defer rdb.Close()
-	res, err := p.RequeueLost(ctx, a.db(), rdb, profile.RequeueInput{RecoveryID: in.RecoveryID, Rule: in.rule(), Batch: in.Batch})
+	res, err := p.RequeueLost(ctx, a.db(), rdb, profile.RequeueInput{RecoveryID: in.RecoveryID, Rule: in.rule(), Batch: in.Batch,
+		Until:    time.Now().Add(in.For),
+		Progress: func(r profile.RequeueResult) { activity.RecordHeartbeat(ctx, r) },
+	})
 	if err != nil {
 		return res, a.classify(ctx, "re-queue lost tasks", err)
 	}
-	activity.GetLogger(ctx).Info("lost tasks re-queued", "recovery", in.RecoveryID, "requeued", res.Requeued, "repushed", res.Repushed, "done", res.Done)
+	activity.GetLogger(ctx).Info("lost tasks re-queued", "recovery", in.RecoveryID, "requeued", res.Requeued, "batches", res.Batches, "repushed", res.Repushed, "done", res.Done)
 	return res, nil
 }
 

@@ -146,6 +146,11 @@ const (
 // pageSize is how many outstanding ids the progress query shows.
 const pageSize = 100
 
+// requeueFor is how long one RequeueLost activity goes on re-queuing batch after batch:
+// long enough that the activity's own cost (scheduling, connections) is small next to
+// its batches, short enough that the step's detail moves every few seconds.
+const requeueFor = 5 * time.Second
+
 // RedispatchLostTasks finds the in-flight tasks whose agent is gone — no live
 // container, a heartbeat older than lostAfter, or an agent of the lost cluster — and
 // re-queues them in batches (one SQL statement and one Redis pipeline each), each task
@@ -176,7 +181,7 @@ func RedispatchLostTasks(ctx workflow.Context, in RedispatchLostTasksInput) (Red
 	t.p.Tasks = &counts
 
 	var app *activities.AppState
-	lost := activities.LostTasksInput{RecoveryID: in.RecoveryID, LostAfter: in.LostAfter.D(), GenerationUpTo: in.GenerationUpTo, Batch: in.BatchSize}
+	lost := activities.LostTasksInput{RecoveryID: in.RecoveryID, LostAfter: in.LostAfter.D(), GenerationUpTo: in.GenerationUpTo, Batch: in.BatchSize, For: requeueFor}
 	loops := 0
 	tooLong := func() bool {
 		loops++
@@ -197,7 +202,7 @@ func RedispatchLostTasks(ctx workflow.Context, in RedispatchLostTasksInput) (Red
 				t.finish(ctx, stepRequeue, "", err)
 				return res, fmt.Errorf("re-queue lost tasks: %w", err)
 			}
-			st.Batches++
+			st.Batches += max(b.Batches, 1) // results recorded before Batches existed: one each
 			st.Requeued += b.Requeued
 			st.Repushed += b.Repushed
 			counts.Requeued = st.Requeued

@@ -310,7 +310,7 @@ func (e *redispatchBench) benchProfile(b *testing.B, batch int) {
 		for {
 			rdb := redis.NewClient(&redis.Options{Addr: e.cfg.Redis.Addr, MaxRetries: -1, PoolSize: 2})
 			res, err := profile.Kohakku{}.RequeueLost(ctx, db, rdb, profile.RequeueInput{RecoveryID: benchRecovery,
-				Rule: profile.LostRule{HeartbeatBefore: time.Now().Add(-time.Minute)}, Batch: batch})
+				Rule: profile.LostRule{HeartbeatBefore: time.Now().Add(-time.Minute)}, Batch: batch, Until: time.Now().Add(5 * time.Second)})
 			rdb.Close()
 			require.NoError(b, err)
 			calls++
@@ -633,7 +633,7 @@ func TestRequeueLostFinishesInterruptedPush(t *testing.T) {
 	// The next call pushes it, then a batch of its own.
 	res, err := requeue(e.rdb)
 	require.NoError(t, err)
-	require.Equal(t, profile.RequeueResult{Requeued: 100, Repushed: 100}, res)
+	require.Equal(t, profile.RequeueResult{Requeued: 100, Repushed: 100, Batches: 1}, res)
 	require.Len(t, queued(), 200)
 	require.Zero(t, unpushed())
 
@@ -646,7 +646,7 @@ func TestRequeueLostFinishesInterruptedPush(t *testing.T) {
 	require.NoError(t, err)
 	res, err = requeue(e.rdb)
 	require.NoError(t, err)
-	require.Equal(t, profile.RequeueResult{Requeued: 100}, res)
+	require.Equal(t, profile.RequeueResult{Requeued: 100, Batches: 1}, res)
 	require.Len(t, queued(), 400)
 	require.Zero(t, unpushed())
 
@@ -758,4 +758,38 @@ func (s cpuSample) since() (time.Duration, float64) {
 		steal = float64(now.steal-s.steal) / float64(d)
 	}
 	return now.tree - s.tree, steal
+}
+
+// TestRequeueLostBatchesUntilDone: one call with time to spare re-queues every lost task,
+// batch after batch on the same connections, reporting its totals after each batch, and
+// the queue holds them in dispatch order; a call without time does one batch.
+func TestRequeueLostBatchesUntilDone(t *testing.T) {
+	ctx := context.Background()
+	e := newRedispatchStack(t, nil)
+	e.load(ctx, t, 1000, 10)
+	db := activities.PostgresDB(e.cfg.Postgres)
+	in := profile.RequeueInput{RecoveryID: "loop", Rule: profile.LostRule{HeartbeatBefore: time.Now().Add(-time.Minute)}, Batch: 300}
+
+	res, err := profile.Kohakku{}.RequeueLost(ctx, db, e.rdb, in)
+	require.NoError(t, err)
+	require.Equal(t, profile.RequeueResult{Requeued: 300, Batches: 1}, res, "no time to spare: one batch")
+
+	var progress []int64
+	in.Until = time.Now().Add(time.Minute)
+	in.Progress = func(r profile.RequeueResult) { progress = append(progress, r.Requeued) }
+	res, err = profile.Kohakku{}.RequeueLost(ctx, db, e.rdb, in)
+	require.NoError(t, err)
+	require.Equal(t, profile.RequeueResult{Requeued: 700, Batches: 3, Done: true}, res)
+	require.Equal(t, []int64{300, 600}, progress, "totals after each batch but the last")
+
+	queued, err := e.rdb.LRange(ctx, schemas.PendingQueueKey, 0, -1).Result()
+	require.NoError(t, err)
+	rows, err := e.ctrl.Query(ctx, `SELECT id::text FROM `+schemas.TasksTable+` ORDER BY `+schemas.DispatchOrderSQL)
+	require.NoError(t, err)
+	want, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, want, queued, "every task queued once, in dispatch order")
+	var unpushed int64
+	require.NoError(t, e.ctrl.QueryRow(ctx, `SELECT count(*) FROM `+profile.UnpushedTable).Scan(&unpushed))
+	require.Zero(t, unpushed)
 }

@@ -37,7 +37,7 @@ type Profile interface {
 	// with scope "all", after every class.
 	ObjectClasses(ctx context.Context, db DB, bucket string) ([]ObjectClass, error)
 
-	// RequeueLost re-queues one batch of in-flight tasks whose agent is gone (by
+	// RequeueLost re-queues, in batches, the in-flight tasks whose agent is gone (by
 	// rule), each at most once per recoveryID however often it is called: the
 	// database change and the queue push are recorded per recovery, and a push
 	// interrupted by a crash is completed by the next call.
@@ -62,17 +62,25 @@ type LostRule struct {
 	GenerationUpTo int64 `json:"generationUpTo,omitempty"`
 }
 
-// RequeueInput selects a batch of lost tasks to re-queue.
+// RequeueInput selects the lost tasks to re-queue.
 type RequeueInput struct {
 	RecoveryID string   `json:"recoveryId"`
 	Rule       LostRule `json:"rule"`
-	Batch      int      `json:"batch"`
+	// Batch is the number of tasks per statement and queue push.
+	Batch int `json:"batch"`
+	// Until: batches go on until no lost task is left or this time has passed (zero: one
+	// batch).
+	Until time.Time `json:"until,omitzero"`
+	// Progress, when set, is called with the totals after each batch but the last.
+	Progress func(RequeueResult) `json:"-"`
 }
 
 // RequeueResult reports one RequeueLost call.
 type RequeueResult struct {
 	// Requeued tasks in this call (database and queue).
 	Requeued int64 `json:"requeued"`
+	// Batches is the number of re-queue statements the call ran.
+	Batches int `json:"batches,omitempty"`
 	// Repushed tasks whose queue push an earlier, interrupted call had not done.
 	Repushed int64 `json:"repushed"`
 	// Done: no lost task is left to re-queue.

@@ -174,7 +174,9 @@ func lostSQL(status string) string {
 // requeueSQL re-queues one batch in one statement: the lost tasks (in flight, held by no
 // healthy agent, not re-queued by this recovery before), the first $3 in dispatch order
 // over both in-flight statuses, are recorded in drflow.requeued, their batch in
-// drflow.unpushed, and set back to pending without a container.
+// drflow.unpushed, and set back to pending without a container. The rows stay locked from
+// the select to the update, so no other call can record them too: the inserts need no
+// ON CONFLICT (which would double their cost).
 var requeueSQL = `WITH lost AS (
     ` + lostSQL(schemas.StatusDispatched) + `
     UNION ALL
@@ -183,22 +185,23 @@ var requeueSQL = `WITH lost AS (
     LIMIT $3
 ), marked AS (
     INSERT INTO ` + RequeuedTable + ` (recovery_id, task_id) SELECT $1, id FROM lost
-    ON CONFLICT DO NOTHING RETURNING task_id
 ), unpushed AS (
     INSERT INTO ` + UnpushedTable + ` (recovery_id, first_task_id, task_ids)
-    SELECT $1, min(task_id), array_agg(task_id) FROM marked HAVING count(*) > 0
+    SELECT $1, min(id), array_agg(id) FROM lost HAVING count(*) > 0
 )
 UPDATE ` + schemas.TasksTable + `
 SET status = '` + schemas.StatusPending + `', container_id = NULL, updated_at = now()
-WHERE id = ANY(ARRAY(SELECT task_id FROM marked))
+WHERE id = ANY(ARRAY(SELECT id FROM lost))
 RETURNING id, attempt, progress, priority, created_at, updated_at`
 
-// RequeueLost re-queues one batch of lost tasks. First it finishes the batches that
-// interrupted earlier calls left in drflow.unpushed; then one statement in
-// kohakku-controller re-queues up to Batch tasks, their open assignments are released in
-// kohakku-dispatcher, and one MULTI/EXEC writes their state hashes and appends them to the
-// queue in dispatch order; then the batch is marked pushed. The call that finds no more
-// lost tasks (Done) also analyzes drflow.requeued.
+// RequeueLost re-queues lost tasks, a batch at a time, until none is left or in.Until
+// has passed. First it finishes the batches that interrupted earlier calls left in
+// drflow.unpushed. Then, per batch: one statement in kohakku-controller re-queues up to
+// Batch tasks, their open assignments are released in kohakku-dispatcher, one MULTI/EXEC
+// writes their state hashes and appends them to the queue in dispatch order, and the
+// batch is marked pushed. The connections are opened once per call: they cost more than
+// a batch's statements. The call that finds no more lost tasks (Done) also analyzes
+// drflow.requeued.
 func (k Kohakku) RequeueLost(ctx context.Context, db DB, rdb redis.UniversalClient, in RequeueInput) (RequeueResult, error) {
 	var res RequeueResult
 	if in.RecoveryID == "" {
@@ -225,24 +228,19 @@ func (k Kohakku) RequeueLost(ctx context.Context, db DB, rdb redis.UniversalClie
 	if err != nil {
 		return res, err
 	}
-	rows, err := ctrl.Query(ctx, requeueSQL, in.RecoveryID, healthy, batch)
-	if err != nil {
-		return res, fmt.Errorf("requeue lost tasks in %s: %w", schemas.ControllerDB, err)
-	}
-	tasks, err := pgx.CollectRows(rows, scanRequeued)
-	if err != nil {
-		return res, fmt.Errorf("requeue lost tasks in %s: %w", schemas.ControllerDB, err)
-	}
-	res.Done = len(tasks) < batch
-	if len(tasks) > 0 {
-		sortDispatch(tasks)
-		if err := releaseAndPush(ctx, disp, rdb, tasks); err != nil {
+	for {
+		n, err := requeueBatch(ctx, ctrl, disp, rdb, in.RecoveryID, healthy, batch)
+		if err != nil {
 			return res, err
 		}
-		if err := markPushed(ctx, ctrl, in.RecoveryID, slices.Min(taskIDs(tasks))); err != nil {
-			return res, err
+		res.Batches++
+		res.Requeued += n
+		if res.Done = n < int64(batch); res.Done || !time.Now().Before(in.Until) {
+			break
 		}
-		res.Requeued = int64(len(tasks))
+		if in.Progress != nil {
+			in.Progress(res)
+		}
 	}
 	if res.Done {
 		// drflow.requeued grew by the whole recovery within minutes, faster than
@@ -252,6 +250,30 @@ func (k Kohakku) RequeueLost(ctx context.Context, db DB, rdb redis.UniversalClie
 		}
 	}
 	return res, nil
+}
+
+// requeueBatch re-queues one batch of up to batch lost tasks and returns how many it
+// re-queued.
+func requeueBatch(ctx context.Context, ctrl, disp *pgx.Conn, rdb redis.UniversalClient, recoveryID string, healthy []string, batch int) (int64, error) {
+	rows, err := ctrl.Query(ctx, requeueSQL, recoveryID, healthy, batch)
+	if err != nil {
+		return 0, fmt.Errorf("requeue lost tasks in %s: %w", schemas.ControllerDB, err)
+	}
+	tasks, err := pgx.CollectRows(rows, scanRequeued)
+	if err != nil {
+		return 0, fmt.Errorf("requeue lost tasks in %s: %w", schemas.ControllerDB, err)
+	}
+	if len(tasks) == 0 {
+		return 0, nil
+	}
+	sortDispatch(tasks)
+	if err := releaseAndPush(ctx, disp, rdb, tasks); err != nil {
+		return 0, err
+	}
+	if err := markPushed(ctx, ctrl, recoveryID, slices.Min(taskIDs(tasks))); err != nil {
+		return 0, err
+	}
+	return int64(len(tasks)), nil
 }
 
 // finishPushes completes the batches in drflow.unpushed that interrupted calls of the
