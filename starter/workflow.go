@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,21 +95,16 @@ func typeNames() string {
 	return strings.Join(names, ", ")
 }
 
-// decodeInput checks raw against the workflow's input type before anything is started, so
-// a typo fails here with the field named instead of in the workflow.
+// decodeInput checks raw against the workflow's input type and JSON Schema, as the worker
+// will, before anything is started, so a typo fails here with the field named and the
+// fix, instead of in the workflow.
 func decodeInput(typ string, raw []byte) (any, error) {
-	def, ok := workflows.Lookup(typ)
-	if !ok {
+	if _, ok := workflows.Lookup(typ); !ok {
 		return nil, fmt.Errorf("unknown workflow type %q; one of: %s", typ, typeNames())
 	}
-	in := def.NewInput()
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(in); err != nil {
+	in, err := workflows.CheckInput(typ, raw)
+	if err != nil {
 		return nil, fmt.Errorf("input for %s: %w", typ, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("input for %s: trailing data after the JSON object", typ)
 	}
 	return in, nil
 }

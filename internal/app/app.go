@@ -129,14 +129,15 @@ func describeS3(b config.Backup) string {
 	return d + " at " + where
 }
 
-// Register registers every workflow under its stable type name and every activity
+// Register registers every workflow under its stable type name, behind the check of
+// its input against its JSON Schema (workflows.Definition.Strict), and every activity
 // struct's methods under their method names.
 func Register(r worker.Registry, a *Activities) error {
 	if a == nil {
 		return errors.New("register: no activities")
 	}
 	for _, def := range workflows.All() {
-		r.RegisterWorkflowWithOptions(def.Func, workflow.RegisterOptions{Name: def.Name})
+		r.RegisterWorkflowWithOptions(def.Strict(), workflow.RegisterOptions{Name: def.Name})
 	}
 	for _, s := range []any{a.Host, a.Inventory, a.BackupStore, a.Postgres, a.Redis, a.Objects, a.SQLite, a.Services, a.AppState, a.RedisHost} {
 		r.RegisterActivityWithOptions(s, activity.RegisterOptions{})
