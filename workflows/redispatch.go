@@ -137,7 +137,8 @@ const (
 )
 
 // historyLimit is the history length past which a run continues as new; loopLimit the
-// number of batches or polls after which it does in any case (each adds about ten events).
+// number of re-queue activities or polls after which it does in any case (each adds
+// about ten events).
 const (
 	historyLimit = 2000
 	loopLimit    = 150
