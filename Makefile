@@ -4,6 +4,7 @@
 #   make test    everything CI runs (race detector on; fails on any skipped test)
 #   make lint    gofmt, go vet, staticcheck
 #   make bench   benchmarks with their baselines (slow; not part of make test)
+#   make screenshot  re-take docs/images/full-cluster-recovery.png (runs the demo; needs chromium)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -18,7 +19,7 @@ STATICCHECK_VERSION := v0.8.2
 TEST_TIMEOUT ?= 20m
 TEST_FLAGS ?=
 
-.PHONY: all build test lint bench demo tools clean
+.PHONY: all build test lint bench demo screenshot tools clean
 
 all: lint test
 
@@ -51,6 +52,9 @@ demo: $(BIN)/minio
 	$(GO) build -o $(BIN)/worker ./worker
 	$(GO) build -o $(BIN)/starter ./starter
 	$(BIN)/starter demo --worker-bin $(BIN)/worker $(DEMO_FLAGS)
+
+screenshot:
+	$(MAKE) demo DEMO_FLAGS="--screenshot $(CURDIR)/docs/images/full-cluster-recovery.png"
 
 clean:
 	rm -rf $(BIN) .drflow

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -31,15 +30,18 @@ import (
 const demoBackupBucket = "drflow-backups"
 
 type demoOptions struct {
-	keep      bool
-	tasks     int
-	workerBin string
-	grpcAddr  string
-	uiAddr    string
+	keep       bool
+	tasks      int
+	workerBin  string
+	grpcAddr   string
+	uiAddr     string
+	screenshot string
 }
 
-// runDemo brings up the whole local stack, seeds it, starts `worker --dev` against it and
-// proves the worker with a SelfCheck run. With --keep it stays up until Ctrl-C.
+// runDemo runs the main job end to end on a private stack: seed it, put the Kohakku
+// workload on it, start `worker --dev`, schedule and take the nightly backup, lose the
+// whole cluster, bring it back with FullClusterRecovery and compare the data with the
+// backup. With --keep it stays up until Ctrl-C.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -49,13 +51,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.workerBin, "worker-bin", "", "worker binary (default: bin/worker, built when missing)")
 	fs.StringVar(&o.grpcAddr, "grpc-addr", "127.0.0.1:7233", "embedded Temporal frontend (a free port is used if taken)")
 	fs.StringVar(&o.uiAddr, "ui-addr", "127.0.0.1:8233", "Web UI (a free port is used if taken)")
+	fs.StringVar(&o.screenshot, "screenshot", "", "after the recovery, save a PNG of its Web UI page to this file (needs Chromium)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.tasks < 1 {
 		return fmt.Errorf("--tasks must be at least 1, got %d", o.tasks)
 	}
-	d := &demo{opts: o, out: stdout, started: time.Now()}
+	var err error
+	if o.screenshot, err = checkScreenshotFlag(o.screenshot); err != nil {
+		return err
+	}
+	d := &demo{opts: o, out: stdout, con: newConsole(stdout), started: time.Now()}
 	defer d.cleanup()
 	if err := d.run(ctx); err != nil {
 		if d.workerLog != "" {
@@ -67,53 +74,70 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 type demo struct {
-	opts      demoOptions
-	out       io.Writer
-	started   time.Time
-	st        *stack.Stack
-	worker    *exec.Cmd
-	workerLog string
-	closers   []func()
-	summary   kohakku.Summary
-	grpcAddr  string
-	uiAddr    string
-	httpAddr  string
-	selfCheck workflows.SelfCheckResult
-	runID     string
-	backup    workflows.NightlyBackupResult
-	backupID  string
+	opts       demoOptions
+	out        io.Writer
+	con        *console
+	started    time.Time
+	st         *stack.Stack
+	worker     *exec.Cmd
+	workerLog  string
+	closers    []func()
+	summary    kohakku.Summary
+	grpcAddr   string
+	uiAddr     string
+	httpAddr   string
+	configPath string
+	selfCheck  workflows.SelfCheckResult
+	runID      string
+	schedule   string // as `schedule create` described it
+	backup     workflows.NightlyBackupResult
+	backupID   string
+	gen1, gen2 *kohakku.Sim
+	lostAt     time.Time
+	rec        *recovery
+	shot       string
+}
+
+// demoStep is one line of the step list: fn returns the line's detail.
+type demoStep struct {
+	name string
+	fn   func(context.Context) (string, error)
 }
 
 // step runs fn as one line of the live step list.
 func (d *demo) step(name string, fn func() (string, error)) error {
-	if isTerminal(d.out) {
-		fmt.Fprintf(d.out, "  …  %s", name)
-	}
+	d.con.begin(name)
 	start := time.Now()
 	detail, err := fn()
 	took := time.Since(start).Round(10 * time.Millisecond)
 	if err != nil {
-		fmt.Fprintf(d.out, "\r  ✗  %s (%s)\n", name, took)
+		d.con.end(fmt.Sprintf("  ✗  %s (%s)", name, took))
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	if detail != "" {
 		detail = ": " + detail
 	}
-	fmt.Fprintf(d.out, "\r  ✓  %s%s (%s)\n", name, detail, took)
+	d.con.end(fmt.Sprintf("  ✓  %s%s (%s)", name, detail, took))
 	return nil
 }
 
 func (d *demo) run(ctx context.Context) error {
-	fmt.Fprintln(d.out, "drflow demo: local stack, worker --dev and the Temporal Web UI")
-	steps := []struct {
-		name string
-		fn   func(context.Context) (string, error)
-	}{
+	fmt.Fprintln(d.out, "drflow demo: a Kohakku stack is backed up, lost entirely and recovered with Temporal workflows")
+	steps := []demoStep{
 		{"start PostgreSQL, Redis, MinIO (app) and MinIO (backup store)", d.startStack},
 		{"seed the Kohakku dataset", d.seed},
+		{"start the Kohakku workload (simulated dispatcher, agents, monitor)", d.startWorkload},
 		{"start worker --dev (embedded Temporal + Web UI)", d.startWorker},
 		{"run the SelfCheck workflow", d.runSelfCheck},
+		{"create the nightly Schedule (starter schedule create)", d.createSchedule},
 		{"run NightlyBackup: dump, RDB, mirror, manifest", d.runBackup},
+		{"keep the workload running", d.keepWorking},
+		{"lose the whole cluster", d.loseCluster},
+		{"run FullClusterRecovery", d.runRecovery},
+		{"compare the recovered data with the backup set", d.compareData},
+	}
+	if d.opts.screenshot != "" {
+		steps = append(steps, demoStep{"screenshot the recovery in the Web UI", d.screenshot})
 	}
 	for _, s := range steps {
 		if err := d.step(s.name, func() (string, error) { return s.fn(ctx) }); err != nil {
@@ -219,16 +243,6 @@ func (d *demo) workerBinary(ctx context.Context) (string, error) {
 	return out, nil
 }
 
-// isTerminal reports whether w is a terminal, where a step line is redrawn in place.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
 // addrOrFree returns addr when it can be bound, else a free port on the same host.
 func addrOrFree(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
@@ -263,6 +277,10 @@ func (d *demo) startWorker(ctx context.Context) (string, error) {
 	if d.httpAddr, err = addrOrFree("127.0.0.1:0"); err != nil {
 		return "", err
 	}
+	hooks, err := d.writeHooks()
+	if err != nil {
+		return "", err
+	}
 	d.workerLog = filepath.Join(d.st.Dir, "worker.log")
 	logf, err := os.Create(d.workerLog)
 	if err != nil {
@@ -286,6 +304,9 @@ func (d *demo) startWorker(ctx context.Context) (string, error) {
 		"S3_ACCESS_KEY_ID="+st.Backup.AccessKey(),
 		"S3_SECRET_ACCESS_KEY="+st.Backup.SecretKey(),
 		"S3_FORCE_PATH_STYLE=true",
+		// How the recovery starts Redis and restarts the services (see writeHooks).
+		"DRFLOW_HOOKS_FILE="+hooks,
+		"DRFLOW_REDIS_AOF_DIR="+st.Redis.AOFDir(),
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -327,8 +348,17 @@ func (d *demo) startWorker(ctx context.Context) (string, error) {
 	}
 }
 
-func (d *demo) runSelfCheck(ctx context.Context) (string, error) {
+// dial connects to the demo's embedded Temporal.
+func (d *demo) dial(ctx context.Context) (client.Client, error) {
 	cl, err := client.DialContext(ctx, client.Options{HostPort: d.grpcAddr, Namespace: "default", Logger: quietLogger()})
+	if err != nil {
+		return nil, fmt.Errorf("connect to the demo's temporal at %s: %w", d.grpcAddr, err)
+	}
+	return cl, nil
+}
+
+func (d *demo) runSelfCheck(ctx context.Context) (string, error) {
+	cl, err := d.dial(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -349,7 +379,7 @@ func (d *demo) runSelfCheck(ctx context.Context) (string, error) {
 }
 
 func (d *demo) runBackup(ctx context.Context) (string, error) {
-	cl, err := client.DialContext(ctx, client.Options{HostPort: d.grpcAddr, Namespace: "default", Logger: quietLogger()})
+	cl, err := d.dial(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -362,6 +392,7 @@ func (d *demo) runBackup(ctx context.Context) (string, error) {
 		return "", err
 	}
 	d.backupID = run.GetID()
+	defer d.showRunningSteps(ctx, cl, d.backupID)()
 	if err := run.Get(ctx, &d.backup); err != nil {
 		return "", err
 	}
@@ -374,52 +405,6 @@ func (d *demo) runBackup(ctx context.Context) (string, error) {
 		verdict = fmt.Sprintf("verified (passed=%v, RTO %s)", v.Passed, v.TotalRTO.Round(time.Millisecond))
 	}
 	return fmt.Sprintf("set %s, %d artifacts (%s), %s", d.backup.SetID, len(d.backup.Manifest.Artifacts), units.Bytes(stored), verdict), nil
-}
-
-func (d *demo) printSummary() {
-	st := d.st
-	fmt.Fprintf(d.out, `
-summary (%s)
-  PostgreSQL   %s  databases %s, %s (%d tasks)
-  Redis        %s  (AOF on; %d queued, %d task hashes)
-  MinIO (app)  %s  bucket %s (%d objects, %d bytes)
-  S3 backups   %s  bucket %s
-  Temporal     %s  namespace default, task queue %s
-  Web UI       http://%s/namespaces/default/workflows/%s
-  SelfCheck    %d steps heartbeated by %s
-  Backup set   %s
-%s
-NightlyBackup and its VerifyBackup run for real. Try a recovery against this stack with
---keep: starter start TotalDBLoss --input '{"dryRun": true}' --wait (RedisLoss and MinIOLoss
-likewise, and FullClusterRecovery).
-`,
-		time.Since(d.started).Round(100*time.Millisecond),
-		st.Postgres.URL(""), schemas.ControllerDB, schemas.DispatcherDB, d.summary.Tasks,
-		st.Redis.Addr(), d.summary.PendingQueued, d.summary.TaskHashes,
-		st.MinIO.URL(), schemas.DefaultBucket, d.summary.Objects, d.summary.Bytes,
-		st.Backup.URL(), demoBackupBucket,
-		d.grpcAddr, workflows.TaskQueue,
-		d.uiAddr, d.backupID,
-		d.selfCheck.Soak.Steps, d.selfCheck.Soak.Host,
-		d.backup.SetID, d.backupLines())
-}
-
-// backupLines lists the set's artifacts with their figures, one per line.
-func (d *demo) backupLines() string {
-	var b strings.Builder
-	for _, a := range d.backup.Manifest.Artifacts {
-		fig := ""
-		switch {
-		case len(a.RowCounts) > 0 && a.Kind == "postgres":
-			fig = fmt.Sprintf("rows %v", a.RowCounts)
-		case a.KeyCount > 0:
-			fig = fmt.Sprintf("%d keys", a.KeyCount)
-		case a.Objects > 0:
-			fig = fmt.Sprintf("%d objects", a.Objects)
-		}
-		fmt.Fprintf(&b, "    %-9s %-20s %10s → %-10s %s\n", a.Kind, a.Source, units.Bytes(a.RawSize), units.Bytes(a.Size), fig)
-	}
-	return b.String()
 }
 
 // cleanup stops what the demo started, newest first.
