@@ -28,22 +28,11 @@ func readSchema(t *testing.T, file string) map[string]any {
 	return doc
 }
 
-// inputFields returns the JSON fields of struct type t by name, embedded structs
-// (RecoveryOptions) flattened as encoding/json does.
+// inputFields returns the JSON fields of struct type t by name.
 func inputFields(t reflect.Type) map[string]reflect.Type {
 	out := map[string]reflect.Type{}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		switch {
-		case name == "-" || !f.IsExported():
-		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
-			maps.Copy(out, inputFields(f.Type))
-		case name == "":
-			out[f.Name] = f.Type
-		default:
-			out[name] = f.Type
-		}
+	for _, f := range workflows.JSONFields(t) {
+		out[f.Name] = f.Type
 	}
 	return out
 }

@@ -409,24 +409,11 @@ func TestDocsStartEveryWorkflow(t *testing.T) {
 	}
 }
 
-// jsonFields returns the JSON names of the fields of struct type t, embedded structs
-// flattened as encoding/json does.
+// jsonFields returns the JSON names of the fields of struct type t.
 func jsonFields(t reflect.Type) map[string]bool {
 	out := map[string]bool{}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		switch {
-		case name == "-" || !f.IsExported():
-		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
-			for n := range jsonFields(f.Type) {
-				out[n] = true
-			}
-		case name == "":
-			out[f.Name] = true
-		default:
-			out[name] = true
-		}
+	for _, f := range JSONFields(t) {
+		out[f.Name] = true
 	}
 	return out
 }

@@ -297,22 +297,35 @@ func editDistance(a, b string) int {
 // fieldNames returns the JSON names of d's input fields in declaration order, embedded
 // structs (RecoveryOptions) flattened as encoding/json does.
 func (d Definition) fieldNames() []string {
-	return jsonFieldNames(reflect.TypeOf(d.NewInput()).Elem())
+	var out []string
+	for _, f := range JSONFields(reflect.TypeOf(d.NewInput()).Elem()) {
+		out = append(out, f.Name)
+	}
+	return out
 }
 
-func jsonFieldNames(t reflect.Type) []string {
-	var out []string
+// JSONField is a field of a struct as encoding/json sees it.
+type JSONField struct {
+	// Name is the field's JSON name.
+	Name string
+	Type reflect.Type
+}
+
+// JSONFields returns the fields of struct type t as encoding/json encodes them, in
+// declaration order, embedded structs (RecoveryOptions) flattened.
+func JSONFields(t reflect.Type) []JSONField {
+	var out []JSONField
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		switch {
 		case name == "-" || !f.IsExported():
 		case f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct:
-			out = append(out, jsonFieldNames(f.Type)...)
+			out = append(out, JSONFields(f.Type)...)
 		case name == "":
-			out = append(out, f.Name)
+			out = append(out, JSONField{f.Name, f.Type})
 		default:
-			out = append(out, name)
+			out = append(out, JSONField{name, f.Type})
 		}
 	}
 	return out
