@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -911,6 +912,25 @@ func postgresURL(c *Config, v *variable, raw string) error {
 	}
 	if u.Fragment != "" {
 		return errors.New("has a #fragment" + want)
+	}
+	// A password with an unescaped / or ? can still parse, its start as a port and
+	// the rest as path or query (postgres://u:1234/5678@db/). The @ left after the
+	// host gives it away; nothing could redact such a password later.
+	if strings.Contains(u.Path, "@") || slices.ContainsFunc(slices.Collect(maps.Keys(q)), func(k string) bool { return strings.Contains(k, "@") }) {
+		return errors.New("has an @ after the host, as a password with an unescaped / or ? does; the value is not shown as it may hold a password; " +
+			"percent-encode / ? # @ : in the user or password" + want)
+	}
+	// Other credentials in the query (sslpassword, the key's passphrase) would stay
+	// in the URL, which is printed and given to pg_dump as an argument.
+	for k := range q {
+		if l := strings.ToLower(k); l != "password" && (strings.Contains(l, "password") || strings.Contains(l, "secret")) {
+			name := "a credential query parameter" // the name itself could be the mistyped value
+			if l == "sslpassword" {
+				name = "sslpassword"
+			}
+			return fmt.Errorf("sets %s, which drflow cannot keep out of logs and pg_dump's arguments; the value is not shown; "+
+				"use a client key without a passphrase%s", name, want)
+		}
 	}
 	pw, _ := u.User.Password()
 	if qpw := q.Get("password"); qpw != "" {

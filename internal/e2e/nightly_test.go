@@ -66,7 +66,7 @@ type env struct {
 func stackEnv(st *stack.Stack, extra map[string]string) map[string]string {
 	m := map[string]string{
 		"TEMPORAL_ADDRESS":          st.Temporal.GRPCAddr(),
-		"DRFLOW_POSTGRES_URL":       st.Postgres.URL(""),
+		"DRFLOW_POSTGRES_URL":       postgresURLWithPassword(st), // a real secret for the guard (secrets_test.go)
 		"DRFLOW_REDIS_ADDR":         st.Redis.Addr(),
 		"DRFLOW_MINIO_ENDPOINT":     st.MinIO.Endpoint(),
 		"DRFLOW_MINIO_ACCESS_KEY":   st.MinIO.AccessKey(),
@@ -85,7 +85,7 @@ func stackEnv(st *stack.Stack, extra map[string]string) map[string]string {
 	for k, v := range extra {
 		m[k] = v
 	}
-	return m
+	return rememberSecrets(m)
 }
 
 func loadConfig(t *testing.T, vars map[string]string) *config.Config {
@@ -161,7 +161,7 @@ func newEnvWith(t *testing.T, tasks int, extra func(st *stack.Stack) map[string]
 		vars = extra(st)
 	}
 	e.cfg = loadConfig(t, stackEnv(st, vars))
-	e.c, err = client.DialContext(ctx, client.Options{HostPort: st.Temporal.GRPCAddr(), Namespace: "default"})
+	e.c, err = client.DialContext(ctx, guardSecrets(t, e.cfg, client.Options{HostPort: st.Temporal.GRPCAddr(), Namespace: "default"}))
 	require.NoError(t, err)
 	t.Cleanup(e.c.Close)
 	acts, reg := startWorkerWithMetrics(t, e.c, e.cfg, e.queue)

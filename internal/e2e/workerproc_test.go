@@ -48,6 +48,7 @@ type workerProc struct {
 	out    *lockedBuffer
 	exited chan struct{}
 	starts int
+	logs   []*lockedBuffer // the output of every start, for the secrets guard
 }
 
 type lockedBuffer struct {
@@ -78,6 +79,7 @@ func newWorkerProc(t *testing.T, vars map[string]string, queue string) *workerPr
 		w.env = append(w.env, k+"="+v)
 	}
 	w.env = append(w.env, "DRFLOW_TASK_QUEUE="+queue, "DRFLOW_HTTP_ADDR="+addr, "PATH="+os.Getenv("PATH"), "DRFLOW_CONFIG=")
+	t.Cleanup(func() { checkWorkerLogs(t, vars, w.logs) }) // runs after the kill below
 	t.Cleanup(func() {
 		if w.cmd != nil && w.cmd.ProcessState == nil {
 			_ = w.cmd.Process.Kill()
@@ -91,6 +93,7 @@ func newWorkerProc(t *testing.T, vars map[string]string, queue string) *workerPr
 func (w *workerProc) start(t *testing.T) {
 	t.Helper()
 	w.out = &lockedBuffer{}
+	w.logs = append(w.logs, w.out)
 	w.cmd = exec.Command(w.bin)
 	w.cmd.Env = w.env
 	w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
