@@ -218,8 +218,11 @@ func flagValue(args []string, names ...string) (string, bool) {
 // commandExamples returns the workflow inputs of the starter, temporal and tctl
 // commands on one command line; other commands are ignored.
 func commandExamples(where, line string) []docExample {
-	if !strings.Contains(line, "starter") && !strings.Contains(line, "temporal") && !strings.Contains(line, "tctl") {
-		return nil
+	if !slices.ContainsFunc(strings.Fields(line), func(w string) bool {
+		b := path.Base(strings.Trim(w, "`"))
+		return b == "starter" || b == "temporal" || b == "tctl"
+	}) {
+		return nil // no command word: prose, such as a message that names temporal.internal
 	}
 	cmds, err := shellWords(line)
 	if err != nil {

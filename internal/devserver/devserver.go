@@ -13,6 +13,8 @@ package devserver
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -71,6 +73,27 @@ type Options struct {
 	// LogLevel of the server's own log, written to <StateDir>/temporal-server.log.
 	// Default "warn".
 	LogLevel string
+	// TLS, when set, serves the frontend over TLS (mTLS with ClientCAFile). nil means
+	// plaintext, the default for a single host.
+	TLS *TLS
+}
+
+// TLS is the frontend's transport security, for testing clients against a server that
+// requires TLS or mTLS (files are PEM).
+//
+// contract: the server's own clients (its system worker, the Web UI and the namespace
+// setup of Start) dial the frontend too: they trust CAFile and, under mTLS, present
+// CertFile, which must then be signed by a CA in ClientCAFile and allow client
+// authentication (extended key usage clientAuth as well as serverAuth).
+type TLS struct {
+	// CertFile and KeyFile are the frontend's certificate (valid for the host of GRPCAddr)
+	// and its private key.
+	CertFile, KeyFile string
+	// CAFile is the CA that signed CertFile.
+	CAFile string
+	// ClientCAFile, when set, makes the frontend require a client certificate signed by
+	// it (mTLS).
+	ClientCAFile string
 }
 
 // Server is a running embedded Temporal server with its Web UI.
@@ -124,7 +147,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			return nil, err
 		}
 		s.uiAddr = net.JoinHostPort(uiHost, strconv.Itoa(uiPort))
-		if err := s.startUI(ctx, uiHost, uiPort); err != nil {
+		if err := s.startUI(ctx, uiHost, uiPort, opts.TLS); err != nil {
 			s.Stop()
 			return nil, err
 		}
@@ -182,6 +205,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
+	}
+	if o.TLS != nil {
+		if err := o.TLS.check(); err != nil {
+			return o, err
+		}
 	}
 	abs, err := filepath.Abs(o.StateDir)
 	if err != nil {
@@ -270,6 +298,17 @@ func buildServer(opts Options, host string, port int, logPath string) (temporal.
 	conf.NamespaceDefaults.Archival.History.State = "disabled"
 	conf.NamespaceDefaults.Archival.Visibility.State = "disabled"
 	conf.PublicClient.HostPort = frontend
+	if t := opts.TLS; t != nil {
+		conf.Global.TLS.Frontend.Server = config.ServerTLS{CertFile: t.CertFile, KeyFile: t.KeyFile}
+		// The system worker reaches the frontend at PublicClient.HostPort with these.
+		conf.Global.TLS.SystemWorker.Client.RootCAFiles = []string{t.CAFile}
+		if t.ClientCAFile != "" {
+			conf.Global.TLS.Frontend.Server.RequireClientAuth = true
+			conf.Global.TLS.Frontend.Server.ClientCAFiles = []string{t.ClientCAFile}
+			conf.Global.TLS.SystemWorker.CertFile = t.CertFile
+			conf.Global.TLS.SystemWorker.KeyFile = t.KeyFile
+		}
+	}
 
 	logger := log.NewZapLogger(log.BuildZapLogger(log.Config{
 		Level:      opts.LogLevel,
@@ -346,11 +385,19 @@ func prepareDatabase(opts Options) (*config.SQL, error) {
 func (s *Server) ensureNamespace(ctx context.Context, opts Options) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	c, err := client.DialContext(ctx, client.Options{
+	copts := client.Options{
 		HostPort:  s.grpcAddr,
 		Namespace: opts.Namespace,
 		Logger:    sdklog.NewStructuredLogger(slog.New(slog.DiscardHandler)),
-	})
+	}
+	if opts.TLS != nil {
+		tc, err := opts.TLS.clientConfig()
+		if err != nil {
+			return err
+		}
+		copts.ConnectionOptions.TLS = tc
+	}
+	c, err := client.DialContext(ctx, copts)
 	if err != nil {
 		return fmt.Errorf("connect to embedded temporal at %s: %w", s.grpcAddr, err)
 	}
@@ -402,7 +449,54 @@ func (s *Server) ensureNamespace(ctx context.Context, opts Options) error {
 	return nil
 }
 
-func (s *Server) startUI(ctx context.Context, host string, port int) error {
+// check reports a missing or unreadable file by its option, before the server (which
+// would fail later, with a less direct message) starts.
+func (t *TLS) check() error {
+	for _, f := range []struct{ name, path string }{
+		{"tls cert file", t.CertFile}, {"tls key file", t.KeyFile}, {"tls ca file", t.CAFile},
+	} {
+		if f.path == "" {
+			return fmt.Errorf("%s is required with TLS", f.name)
+		}
+	}
+	if t.ClientCAFile != "" {
+		if _, err := os.Stat(t.ClientCAFile); err != nil {
+			return fmt.Errorf("tls client ca file: %w", err)
+		}
+	}
+	_, err := t.clientConfig()
+	return err
+}
+
+// clientConfig is the TLS config of the server's own clients (see TLS).
+func (t *TLS) clientConfig() (*tls.Config, error) {
+	ca, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls ca file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("tls ca file %s: no PEM certificate in it", t.CAFile)
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls cert/key file: %w", err)
+	}
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+func (s *Server) startUI(ctx context.Context, host string, port int, t *TLS) error {
+	var uiTLS uiconfig.TLS
+	if t != nil {
+		uiTLS = uiconfig.TLS{CaFile: t.CAFile, EnableHostVerification: true}
+		if t.ClientCAFile != "" {
+			uiTLS.CertFile, uiTLS.KeyFile = t.CertFile, t.KeyFile
+		}
+	}
 	s.ui = uiserver.NewServer(uiopts.WithConfigProvider(&uiconfig.Config{
 		Host:                host,
 		Port:                port,
@@ -412,6 +506,7 @@ func (s *Server) startUI(ctx context.Context, host string, port int) error {
 		CORS:                uiconfig.CORS{CookieInsecure: true},
 		HideLogs:            true,
 		DisableNewsFetch:    true,
+		TLS:                 uiTLS,
 	}))
 	ui := s.ui
 	go func() { _ = ui.Start() }()

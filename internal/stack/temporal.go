@@ -3,6 +3,8 @@ package stack
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,16 +56,45 @@ type Temporal struct {
 	grpcPort int
 	uiPort   int
 	bin      string
+	tls      *TemporalTLS
 
 	mu        sync.Mutex
 	proc      *proc
 	logOffset int64 // size of logPath when proc started
 }
 
+// TemporalOptions configure StartTemporalWith; the zero value is StartTemporal's
+// plaintext server.
+type TemporalOptions struct {
+	// TLS, when set, serves the frontend over TLS (mTLS with ClientCAFile).
+	TLS *TemporalTLS
+}
+
+// TemporalTLS is the frontend's transport security (files are PEM), for
+// testing clients against a server that requires TLS or mTLS.
+//
+// contract: CertFile must be valid for 127.0.0.1 and signed by CAFile. The
+// server's own clients (its system worker, the Web UI, Client) trust CAFile
+// and, under mTLS, present CertFile, which must then be signed by
+// ClientCAFile and allow client authentication as well as server
+// authentication (see devserver.TLS).
+type TemporalTLS struct {
+	CertFile, KeyFile string
+	CAFile            string
+	// ClientCAFile, when set, makes the frontend require client certificates
+	// signed by it (mTLS).
+	ClientCAFile string
+}
+
 // StartTemporal starts a Temporal server in <dir>/temporal on free ports,
 // building the drflow-devserver binary first if needed (see DevServerBinary).
 // On error nothing is left running.
 func StartTemporal(ctx context.Context, dir string) (*Temporal, error) {
+	return StartTemporalWith(ctx, dir, TemporalOptions{})
+}
+
+// StartTemporalWith is StartTemporal with options.
+func StartTemporalWith(ctx context.Context, dir string, opts TemporalOptions) (*Temporal, error) {
 	dir, err := absDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("temporal dir: %w", err)
@@ -72,7 +103,7 @@ func StartTemporal(ctx context.Context, dir string) (*Temporal, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Temporal{root: filepath.Join(dir, "temporal"), bin: bin}
+	t := &Temporal{root: filepath.Join(dir, "temporal"), bin: bin, tls: opts.TLS}
 	t.stateDir = filepath.Join(t.root, "state")
 	t.logPath = filepath.Join(t.root, "temporal.log")
 	if err := os.MkdirAll(t.stateDir, 0o700); err != nil {
@@ -123,14 +154,59 @@ func (t *Temporal) LogPath() string { return t.logPath }
 // inside StateDir, so Wipe deletes it.
 func (t *Temporal) ServerLogPath() string { return filepath.Join(t.stateDir, "temporal-server.log") }
 
-// Client dials the server for Namespace. Each call returns a new client; the
+// TLS returns the frontend's TLS settings, nil for plaintext.
+func (t *Temporal) TLS() *TemporalTLS { return t.tls }
+
+// Client dials the server for Namespace (over TLS when the server has it,
+// presenting CertFile under mTLS). Each call returns a new client; the
 // caller closes it.
 func (t *Temporal) Client(ctx context.Context) (client.Client, error) {
-	return client.DialContext(ctx, client.Options{
+	opts := client.Options{
 		HostPort:  t.GRPCAddr(),
 		Namespace: TemporalNamespace,
 		Logger:    sdklog.NewStructuredLogger(slog.New(slog.DiscardHandler)),
-	})
+	}
+	if t.tls != nil {
+		tc, err := t.tls.clientConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts.ConnectionOptions.TLS = tc
+	}
+	return client.DialContext(ctx, opts)
+}
+
+// clientConfig trusts CAFile and, under mTLS, presents CertFile.
+func (s *TemporalTLS) clientConfig() (*tls.Config, error) {
+	ca, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("temporal tls: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("temporal tls: no PEM certificate in %s", s.CAFile)
+	}
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if s.ClientCAFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("temporal tls: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// args are drflow-devserver's flags for s.
+func (s *TemporalTLS) args() []string {
+	if s == nil {
+		return nil
+	}
+	args := []string{"--tls-cert", s.CertFile, "--tls-key", s.KeyFile, "--tls-ca", s.CAFile}
+	if s.ClientCAFile != "" {
+		args = append(args, "--tls-client-ca", s.ClientCAFile)
+	}
+	return args
 }
 
 // Running tells whether the server process is alive.
@@ -164,12 +240,12 @@ func (t *Temporal) Start(ctx context.Context) error {
 	offset := fileSize(t.logPath)
 	pr, err := startProc(procSpec{
 		path: t.bin,
-		args: []string{
+		args: append([]string{
 			"--state-dir", t.stateDir,
 			"--grpc-addr", t.GRPCAddr(),
 			"--ui-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(t.uiPort)),
 			"--namespace", TemporalNamespace,
-		},
+		}, t.tls.args()...),
 		// A developer's TEMPORAL_* client settings (address, namespace, TLS)
 		// must not leak into a private server.
 		env:     environ([]string{"TEMPORAL_"}),

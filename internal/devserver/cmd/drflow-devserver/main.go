@@ -6,6 +6,7 @@
 //
 //	drflow-devserver --state-dir DIR [--grpc-addr HOST:PORT] [--ui-addr HOST:PORT]
 //	                 [--no-ui] [--namespace NAME] [--log-level LEVEL]
+//	                 [--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-client-ca FILE]]
 //
 // contract: once the frontend answers, the namespace exists and the search
 // attributes of package workflows are registered (and the Web UI answers,
@@ -47,6 +48,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&opts.NoUI, "no-ui", false, "do not start the Web UI")
 	fs.StringVar(&opts.Namespace, "namespace", "default", "namespace to create and keep up to date")
 	fs.StringVar(&opts.LogLevel, "log-level", "warn", "level of the server log in the state dir (debug, info, warn, error)")
+	var tls devserver.TLS
+	fs.StringVar(&tls.CertFile, "tls-cert", "", "serve the frontend over TLS with this certificate (PEM; needs --tls-key and --tls-ca)")
+	fs.StringVar(&tls.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
+	fs.StringVar(&tls.CAFile, "tls-ca", "", "CA that signed --tls-cert (PEM), trusted by the server's own clients")
+	fs.StringVar(&tls.ClientCAFile, "tls-client-ca", "", "require client certificates signed by this CA (mTLS; PEM)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -58,6 +64,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	opts.SearchAttributes = workflows.SearchAttributeTypes
+	if tls != (devserver.TLS{}) {
+		opts.TLS = &tls
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
