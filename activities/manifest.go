@@ -30,8 +30,13 @@ type Artifact struct {
 	SHA256 string `json:"sha256"`
 	// Compression of the stored bytes: "zstd" or "none".
 	Compression string `json:"compression"`
-	// Encryption of the stored bytes: "none" (client-side encryption comes later).
+	// Encryption of the stored bytes: "none", or "age" (the compressed bytes
+	// encrypted with age to the recipients of RecipientFingerprints; see age.go).
 	Encryption string `json:"encryption"`
+	// RecipientFingerprints name the age recipients an "age" artifact is
+	// encrypted to: "sha256:" and the hex SHA-256 of each public key's text
+	// (AgeFingerprint). Never a key; empty when not encrypted.
+	RecipientFingerprints []string `json:"recipientFingerprints,omitempty"`
 	// SourceVersion is the server version that produced it ("PostgreSQL 15.20", "redis 7.0.15").
 	SourceVersion string `json:"sourceVersion,omitempty"`
 	// RowCounts of key tables, taken in the same snapshot as the dump (postgres).
@@ -57,6 +62,11 @@ type MirrorResult struct {
 	// Copied and CopiedBytes: new or changed objects copied this run.
 	Copied      int64 `json:"copied"`
 	CopiedBytes int64 `json:"copiedBytes"`
+	// Encryption of the mirrored objects: always "none" — the mirror is
+	// incremental, comparing each copy's size and time with the source, and
+	// is not encrypted even when the set's artifacts are (the listing is).
+	// "" in manifests written before the field existed means the same.
+	Encryption string `json:"encryption,omitempty"`
 	// Listing is the artifact holding the source listing (key, size, etag per object)
 	// that drills compare the mirror against.
 	Listing Artifact `json:"listing"`

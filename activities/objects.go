@@ -58,6 +58,10 @@ type Objects struct {
 	// Classes returns the object classes of a bucket a "needed" restore brings back, in order
 	// (from the application profile). nil: no classes, so scope "needed" restores nothing and "all" everything.
 	Classes func(ctx context.Context, bucket string) ([]profile.ObjectClass, error)
+	// Age encrypts the listings Mirror writes to its recipients and decrypts
+	// stored ones with its identities; nil does neither. The mirrored
+	// objects themselves are never encrypted (MirrorResult.Encryption).
+	Age *AgeKeys
 }
 
 // NewObjects returns the Objects activities for the app's MinIO in cfg,
@@ -142,15 +146,27 @@ type ListedObject struct {
 	LastModified time.Time `json:"lastModified"`
 }
 
-// ReadListing decodes a listing written by Mirror (zstd-compressed JSON
-// lines) from r and calls fn for each object, in key order. An fn error stops
-// the walk and is returned unchanged.
+// ReadListing decodes an unencrypted listing written by Mirror
+// (zstd-compressed JSON lines) from r and calls fn for each object, in key
+// order. An fn error stops the walk and is returned unchanged. Listings that
+// may be encrypted are read with readListing.
 func ReadListing(r io.Reader, fn func(ListedObject) error) error {
-	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+	return (*AgeKeys)(nil).readListing(r, Artifact{Kind: KindListing, Compression: CompressionZstd, Encryption: EncryptionNone}, fn)
+}
+
+// readListing is ReadListing of the listing artifact lst, whose stored bytes
+// r yields: decrypted with k when lst is encrypted (openArtifact). An
+// encrypted listing k cannot decrypt is AgeKeyError's error, returned as it
+// is; the decoder reads r in the caller's goroutine.
+func (k *AgeKeys) readListing(r io.Reader, lst Artifact, fn func(ListedObject) error) error {
+	zr, closeDec, err := k.openArtifact(r, lst, zstd.WithDecoderConcurrency(1))
+	if kerr := AgeKeyError(err); kerr != nil {
+		return kerr
+	}
 	if err != nil {
 		return fmt.Errorf("read listing: %w", err)
 	}
-	defer zr.Close()
+	defer closeDec()
 	dec := json.NewDecoder(zr)
 	for line := 1; ; line++ {
 		var obj ListedObject
@@ -196,7 +212,7 @@ func (o *Objects) Mirror(ctx context.Context, in MirrorInput) (MirrorResult, err
 	if err != nil {
 		return MirrorResult{}, NonRetryable(ErrInvalidInput, err)
 	}
-	res := MirrorResult{Bucket: in.Bucket, Prefix: in.Prefix}
+	res := MirrorResult{Bucket: in.Bucket, Prefix: in.Prefix, Encryption: EncryptionNone}
 	if o.Client == nil || o.Store == nil {
 		return res, NonRetryable(ErrInvalidInput, fmt.Errorf("mirror %s: objects activities built without a MinIO client or a backup store", in.Bucket))
 	}
@@ -367,12 +383,12 @@ func (o *Objects) Mirror(ctx context.Context, in MirrorInput) (MirrorResult, err
 		RawSize:     c.RawSize,
 		SHA256:      c.SHA256,
 		Compression: CompressionZstd,
-		Encryption:  EncryptionNone,
 		Objects:     res.Objects,
 		ObjectBytes: res.Bytes,
 		StartedAt:   started.UTC(),
 		Duration:    time.Since(started),
 	}
+	o.Age.stamp(&res.Listing)
 	art := res.Listing
 	log.Info("mirrored", "bucket", in.Bucket, "objects", res.Objects, "bytes", res.Bytes,
 		"copied", res.Copied, "copiedBytes", res.CopiedBytes, "folderMarkers", markers,
@@ -648,7 +664,7 @@ func (o *Objects) startListing(ctx context.Context, key string) *listingWriter {
 	lw.enc = json.NewEncoder(lw.buf)
 	go func() {
 		// One encoder goroutine: a listing is small next to the copies.
-		c, err := putZstd(ctx, o.Store, key, pr, ZstdOptions{Concurrency: 1}, nil)
+		c, err := putZstd(ctx, o.Store, key, pr, ZstdOptions{Concurrency: 1}, o.Age, nil)
 		// A Put that failed early must not leave the writer blocked.
 		pr.CloseWithError(err)
 		lw.done <- listingPut{c, err}

@@ -583,6 +583,9 @@ func (o *Objects) checkRestore(in ObjectRestoreInput, needSafety bool) (ObjectRe
 	if m.Listing.Compression != "" && m.Listing.Compression != CompressionZstd {
 		return in, bad(`input field "mirror.listing": %s: compression %q is not %q`, m.Listing.Key, m.Listing.Compression, CompressionZstd)
 	}
+	if e := m.Listing.Encryption; e != "" && e != EncryptionNone && e != EncryptionAge {
+		return in, bad(`input field "mirror.listing": %s: encryption %q is not %s or %s`, m.Listing.Key, e, EncryptionNone, EncryptionAge)
+	}
 	if in.SafetyPrefix == "" {
 		if needSafety {
 			return in, bad(`input field "safetyPrefix" is empty; want where live objects are copied before being overwritten, e.g. %q`,
@@ -712,6 +715,10 @@ func (o *Objects) scanRestore(ctx context.Context, in ObjectRestoreInput, classe
 	if set == "" {
 		set = "(unnamed)"
 	}
+	// A key this worker lacks fails before anything is listed or read.
+	if err := o.Age.checkReadable(lst); err != nil {
+		return false, err
+	}
 	rc, err := o.Store.Get(ctx, lst.Key)
 	if errors.Is(err, store.ErrNotFound) {
 		return false, NonRetryable(ErrArtifactNotFound, fmt.Errorf(
@@ -750,7 +757,7 @@ func (o *Objects) scanRestore(ctx context.Context, in ObjectRestoreInput, classe
 	var prev string
 	all := in.Scope == ScopeAll
 	src := &verifyStoreReader{ctx: ctx, r: rc, h: sha256.New(), n: &n}
-	decErr := ReadListing(src, func(obj ListedObject) error {
+	decErr := o.Age.readListing(src, lst, func(obj ListedObject) error {
 		if prev != "" && obj.Key <= prev || obj.Key == "" {
 			return fmt.Errorf("listing out of key order: %q after %q", obj.Key, prev)
 		}
@@ -783,6 +790,8 @@ func (o *Objects) scanRestore(ctx context.Context, in ObjectRestoreInput, classe
 		return exists, nil
 	case errors.As(decErr, &stop):
 		return exists, stop.err
+	case AgeKeyError(decErr) != nil:
+		return exists, AgeKeyError(decErr)
 	case ctx.Err() != nil:
 		return exists, fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	case errors.As(decErr, &se):

@@ -319,7 +319,7 @@ func (r *restoration) run(ctx context.Context) (err error) {
 		return err
 	}
 	started := time.Now()
-	path, f, remove, err := stageDump(ctx, r.p.Store, r.in.Artifact, "drflow-restore-*.dump", &r.stored, &r.raw)
+	path, f, remove, err := stageDump(ctx, r.p.Store, r.p.Age, r.in.Artifact, "drflow-restore-*.dump", &r.stored, &r.raw)
 	r.res.Download = time.Since(started)
 	// The decompressed dump is the one staged copy: removed on every path.
 	defer remove()

@@ -1029,7 +1029,7 @@ type setTable struct {
 func (j *tableJob) withScratch(ctx context.Context, download, restore *time.Duration, fn func(scratch *pgx.Conn, set map[tableName]setTable) error) (err error) {
 	j.setPhase("download", "")
 	started := time.Now()
-	path, f, remove, err := stageDump(ctx, j.p.Store, j.art, "drflow-tables-*.dump", &j.stored, &j.raw)
+	path, f, remove, err := stageDump(ctx, j.p.Store, j.p.Age, j.art, "drflow-tables-*.dump", &j.stored, &j.raw)
 	*download = time.Since(started)
 	defer remove()
 	if errors.Is(err, store.ErrNotFound) {

@@ -19,7 +19,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/klauspost/compress/zstd"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
@@ -264,8 +263,8 @@ func checkDumpArtifact(a Artifact) error {
 	if a.Compression != CompressionZstd && a.Compression != CompressionNone {
 		return bad("compression", "compression %q is not %s or %s", a.Compression, CompressionZstd, CompressionNone)
 	}
-	if a.Encryption != "" && a.Encryption != EncryptionNone {
-		return bad("encryption", "encryption %q is not supported", a.Encryption)
+	if a.Encryption != "" && a.Encryption != EncryptionNone && a.Encryption != EncryptionAge {
+		return bad("encryption", "encryption %q is not %s or %s", a.Encryption, EncryptionNone, EncryptionAge)
 	}
 	for t := range a.RowCounts {
 		if _, err := tableIdent(t); err != nil {
@@ -324,7 +323,7 @@ func (v *verification) run(ctx context.Context) (err error) {
 	defer stopBeat()
 
 	started := time.Now()
-	path, f, remove, err := stageDump(ctx, v.p.Store, v.in.Artifact, "drflow-verify-*.dump", &v.stored, &v.raw)
+	path, f, remove, err := stageDump(ctx, v.p.Store, v.p.Age, v.in.Artifact, "drflow-verify-*.dump", &v.stored, &v.raw)
 	v.check.Download = time.Since(started)
 	// The decompressed dump is the one staged copy: removed on every path.
 	defer remove()
@@ -378,10 +377,15 @@ func (v *verification) run(ctx context.Context) (err error) {
 }
 
 // stageDump fetches the dump a describes from st into a new temporary file
-// in os.TempDir() named after pattern (see fetchDump), closes it and returns
-// its path. remove deletes the file; it is never nil, and the caller calls it
-// on every path, also when err is not nil.
-func stageDump(ctx context.Context, st store.Store, a Artifact, pattern string, stored, raw *atomic.Int64) (path string, f fetched, remove func(), err error) {
+// in os.TempDir() named after pattern (see fetchDump), decrypted with keys
+// when a is encrypted, closes it and returns its path. remove deletes the
+// file; it is never nil, and the caller calls it on every path, also when err
+// is not nil. An encrypted dump keys cannot decrypt is AgeKeyError's
+// non-retryable error, returned before anything is downloaded or created.
+func stageDump(ctx context.Context, st store.Store, keys *AgeKeys, a Artifact, pattern string, stored, raw *atomic.Int64) (path string, f fetched, remove func(), err error) {
+	if err := keys.checkReadable(a); err != nil {
+		return "", fetched{}, func() {}, err
+	}
 	file, err := os.CreateTemp("", pattern)
 	if err != nil {
 		return "", fetched{}, func() {}, fmt.Errorf("temporary file: %w", err)
@@ -390,7 +394,7 @@ func stageDump(ctx context.Context, st store.Store, a Artifact, pattern string, 
 		_ = file.Close()
 		_ = os.Remove(file.Name())
 	}
-	if f, err = fetchDump(ctx, st, a, file, stored, raw); err != nil {
+	if f, err = fetchDump(ctx, st, keys, a, file, stored, raw); err != nil {
 		return "", fetched{}, remove, err
 	}
 	if err := file.Close(); err != nil {
@@ -409,13 +413,19 @@ type fetched struct {
 }
 
 // fetchDump streams the object a.Key from st through a byte counter and
-// SHA-256 into a zstd decoder (unless a.Compression is none) and file, and
-// checks size, SHA-256 and raw size against a. A mismatch is a result (kind
-// and problem), not an error; errors are infrastructure — the store (not
-// classified: a missing object is store.ErrNotFound), the temporary disk, ctx.
-// stored and raw count the bytes read and written so far, for heartbeats. The
-// caller owns file: it closes and removes it.
-func fetchDump(ctx context.Context, st store.Store, a Artifact, file *os.File, stored, raw *atomic.Int64) (fetched, error) {
+// SHA-256 into openArtifact — age decryption with keys when a is encrypted, a
+// zstd decoder unless a.Compression is none — and file, and checks size,
+// SHA-256 and raw size against a. A mismatch is a result (kind and problem),
+// not an error; so is a dump that does not decrypt (truncated, tampered).
+// Errors are infrastructure — the store (not classified: a missing object is
+// store.ErrNotFound), the temporary disk, ctx — or AgeKeyError's when keys
+// cannot decrypt a dump whose stored bytes match the manifest. stored and raw
+// count the bytes read and written so far, for heartbeats. The caller owns
+// file: it closes and removes it.
+func fetchDump(ctx context.Context, st store.Store, keys *AgeKeys, a Artifact, file *os.File, stored, raw *atomic.Int64) (fetched, error) {
+	if err := keys.checkReadable(a); err != nil {
+		return fetched{}, err
+	}
 	info, err := st.Stat(ctx, a.Key)
 	if err != nil {
 		return fetched{}, err
@@ -478,17 +488,12 @@ func fetchDump(ctx context.Context, st store.Store, a Artifact, file *os.File, s
 	}()
 
 	out := &fileWriter{ctx: ctx, f: file, n: raw}
-	var decodeErr error
-	if a.Compression == CompressionZstd {
-		var dec *zstd.Decoder
-		dec, decodeErr = zstd.NewReader(pr)
-		if decodeErr == nil {
-			_, decodeErr = io.Copy(out, dec)
-			dec.Close()
-		}
-	} else {
-		_, decodeErr = io.Copy(out, pr)
+	plain, closeDec, decodeErr := keys.openArtifact(pr, a)
+	keyErr := AgeKeyError(decodeErr)
+	if decodeErr == nil {
+		_, decodeErr = io.Copy(out, plain)
 	}
+	closeDec()
 	if out.err != nil {
 		// The temporary disk or ctx, not the dump: stop the fetcher and fail.
 		_ = rc.Close()
@@ -505,6 +510,11 @@ func fetchDump(ctx context.Context, st store.Store, a Artifact, file *os.File, s
 		return fetched{kind: ErrChecksumMismatch, problem: fmt.Sprintf("size mismatch: %d bytes read from the store, %d in the manifest", f.n, a.Size)}, nil
 	case !strings.EqualFold(f.sum, a.SHA256):
 		return fetched{kind: ErrChecksumMismatch, problem: fmt.Sprintf("checksum mismatch: sha256 %s in the store, %s in the manifest", f.sum, a.SHA256)}, nil
+	case keyErr != nil:
+		// The stored bytes are the manifest's: the keys are wrong, not the set.
+		return fetched{}, keyErr
+	case decodeErr != nil && isAgeDataError(decodeErr):
+		return fetched{checksumOK: true, kind: ErrArchiveCorrupt, problem: fmt.Sprintf("stored bytes match the manifest but do not decrypt: %v", decodeErr)}, nil
 	case decodeErr != nil:
 		return fetched{checksumOK: true, kind: ErrArchiveCorrupt, problem: fmt.Sprintf("stored bytes match the manifest but do not decode: zstd: %v", decodeErr)}, nil
 	case a.RawSize > 0 && raw.Load() != a.RawSize:

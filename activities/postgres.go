@@ -51,6 +51,9 @@ type Postgres struct {
 	BinDir string
 	// Zstd tunes the compression of the stored dumps.
 	Zstd ZstdOptions
+	// Age encrypts the dumps it stores to its recipients and decrypts the
+	// stored ones (verify, restore) with its identities; nil does neither.
+	Age *AgeKeys
 	// LockWaitTimeout bounds pg_dump's wait for the shared lock on each table
 	// (--lock-wait-timeout); past it the attempt fails and is retried. 0 waits for
 	// as long as the activity may run.
@@ -138,7 +141,7 @@ func (p *Postgres) Dump(ctx context.Context, in DumpInput) (Artifact, error) {
 	art.StartedAt = started
 	art.Duration = time.Since(started)
 	log.Info("dump stored", "set", in.SetID, "db", in.Database, "key", in.Key,
-		"bytes", art.Size, "rawBytes", art.RawSize, "rowCounts", art.RowCounts, "duration", art.Duration)
+		"bytes", art.Size, "rawBytes", art.RawSize, "rowCounts", art.RowCounts, "encryption", art.Encryption, "duration", art.Duration)
 	return art, nil
 }
 
@@ -268,14 +271,14 @@ func (p *Postgres) dump(ctx context.Context, in DumpInput, dbURL, connURL, passw
 	defer func() { cancelDump(); _ = src.wait() }()
 
 	phase.Store("dumping")
-	c, err := putZstd(ctx, p.Store, in.Key, src, p.Zstd, prog)
+	c, err := putZstd(ctx, p.Store, in.Key, src, p.Zstd, p.Age, prog)
 	if err != nil {
 		return Artifact{}, err
 	}
 	stopBeat()
 	phase.Store("stored")
 	heartbeat()
-	return Artifact{
+	art := Artifact{
 		Kind:          KindPostgres,
 		Source:        in.Database,
 		Key:           in.Key,
@@ -283,10 +286,11 @@ func (p *Postgres) dump(ctx context.Context, in DumpInput, dbURL, connURL, passw
 		RawSize:       c.RawSize,
 		SHA256:        c.SHA256,
 		Compression:   CompressionZstd,
-		Encryption:    EncryptionNone,
 		SourceVersion: postgresVersion(serverVersion),
 		RowCounts:     counts,
-	}, nil
+	}
+	p.Age.stamp(&art)
+	return art, nil
 }
 
 func (p *Postgres) program(name string) string {

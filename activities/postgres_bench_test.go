@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 	"github.com/minio/minio-go/v7"
 	"go.temporal.io/sdk/testsuite"
@@ -44,6 +45,12 @@ const (
 // of the file with minio-go. It reports wall time, stored size, the size ratio
 // to pg_dump -Fc, CPU time (this process plus pg_dump) and this process's peak
 // RSS for each.
+//
+// In the same iteration, on the same data, it runs the Dump at the default
+// level twice more, back to back in alternating order: unencrypted
+// (zstd<N>noage-*) and with age encryption to one X25519 recipient (zstd,
+// then age, then SHA-256 → Put; zstd<N>age-*), and reports the overhead of
+// the second against the first (age-overhead-*).
 func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 	mb := 64
 	if v := os.Getenv(benchDBMBEnv); v != "" {
@@ -98,6 +105,9 @@ func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 		b.Fatal(err)
 	}
 	fileDir := b.TempDir()
+	ageKeys := benchAgeKeys(b)
+	// Sums over the iterations of the unencrypted and encrypted pair.
+	var noageWall, noageCPU, ageWall, ageCPU time.Duration
 
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -131,12 +141,13 @@ func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 		b.ReportMetric(floor.wall.Seconds(), "pgdumpZ0-devnull-s")
 		b.Logf("pg_dump -Fc -Z0 > /dev/null: %s, cpu %s", floor.wall.Round(time.Millisecond), floor.cpu.Round(time.Millisecond))
 
-		for _, level := range levels {
+		dump := func(level int, keys *activities.AgeKeys, name string) (activities.Artifact, measurement) {
 			pg := &activities.Postgres{
 				Config: config.Postgres{URL: pgSrv.URL("postgres")},
 				Store:  s3,
 				BinDir: pgSrv.BinDir(),
 				Zstd:   activities.ZstdOptions{Level: level},
+				Age:    keys,
 			}
 			var art activities.Artifact
 			m := measure(func() error {
@@ -144,7 +155,7 @@ func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 				env := s.NewTestActivityEnvironment()
 				env.RegisterActivity(pg)
 				v, err := env.ExecuteActivity(pg.Dump, activities.DumpInput{
-					SetID: "bench", Database: db, Key: fmt.Sprintf("sets/%d/postgres/zstd-%d.dump.zst", i, level),
+					SetID: "bench", Database: db, Key: fmt.Sprintf("sets/%d/postgres/%s.dump.zst", i, name),
 					CountTables: []string{schemas.TasksTable, schemas.BriefsTable},
 				})
 				if err != nil {
@@ -155,6 +166,14 @@ func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 			if m.err != nil {
 				b.Fatal(m.err)
 			}
+			return art, m
+		}
+		type plainRun struct {
+			art activities.Artifact
+			m   measurement
+		}
+		for _, level := range levels {
+			art, m := dump(level, nil, fmt.Sprintf("zstd-%d", level))
 			name := fmt.Sprintf("zstd%d", level)
 			ratio := float64(art.Size) / float64(fcSize)
 			b.ReportMetric(m.wall.Seconds(), name+"-s")
@@ -167,7 +186,60 @@ func BenchmarkDumpVsPgDumpFc(b *testing.B) {
 				level, runtime.NumCPU(), m.wall.Round(time.Millisecond), m.cpu.Round(time.Millisecond),
 				mib(art.RawSize), mib(art.Size), ratio, base.wall.Seconds()/m.wall.Seconds(), mib(m.peakRSS))
 		}
+
+		// The same dump at the default level unencrypted and encrypted, back to
+		// back, the order alternating between iterations so that neither always
+		// finds the warmer caches; the overhead is against this unencrypted run.
+		level := activities.DefaultZstdLevel
+		var (
+			p   plainRun
+			art activities.Artifact
+			m   measurement
+		)
+		if i%2 == 0 {
+			p.art, p.m = dump(level, nil, fmt.Sprintf("zstd-%d-noage", level))
+			art, m = dump(level, ageKeys, fmt.Sprintf("zstd-%d-age", level))
+		} else {
+			art, m = dump(level, ageKeys, fmt.Sprintf("zstd-%d-age", level))
+			p.art, p.m = dump(level, nil, fmt.Sprintf("zstd-%d-noage", level))
+		}
+		if art.Encryption != activities.EncryptionAge || p.art.Encryption != activities.EncryptionNone {
+			b.Fatalf("encryption recorded %q and %q", art.Encryption, p.art.Encryption)
+		}
+		noageWall, noageCPU, ageWall, ageCPU = noageWall+p.m.wall, noageCPU+p.m.cpu, ageWall+m.wall, ageCPU+m.cpu
+		name := fmt.Sprintf("zstd%dage", level)
+		wallOver := 100 * (m.wall.Seconds() - p.m.wall.Seconds()) / p.m.wall.Seconds()
+		cpuOver := 100 * (m.cpu.Seconds() - p.m.cpu.Seconds()) / p.m.cpu.Seconds()
+		b.ReportMetric(mib(art.Size), name+"-MiB")
+		b.ReportMetric(mib(m.peakRSS), name+"-peakRSS-MiB")
+		b.ReportMetric(float64(art.Size-p.art.Size), "age-overhead-bytes")
+		b.Logf("Dump zstd level %d + age on %d CPUs: %s, cpu %s, stored %.1f MiB, peak RSS %.0f MiB; against the same dump unencrypted (%s, cpu %s, %.1f MiB): wall %+.1f%%, cpu %+.1f%%, %+d bytes",
+			level, runtime.NumCPU(), m.wall.Round(time.Millisecond), m.cpu.Round(time.Millisecond), mib(art.Size), mib(m.peakRSS),
+			p.m.wall.Round(time.Millisecond), p.m.cpu.Round(time.Millisecond), mib(p.art.Size), wallOver, cpuOver, art.Size-p.art.Size)
 	}
+	// Means over all iterations: one pair is at the mercy of a busy machine.
+	level, n := activities.DefaultZstdLevel, float64(b.N)
+	b.ReportMetric(noageWall.Seconds()/n, fmt.Sprintf("zstd%dnoage-s", level))
+	b.ReportMetric(noageCPU.Seconds()/n, fmt.Sprintf("zstd%dnoage-cpu-s", level))
+	b.ReportMetric(ageWall.Seconds()/n, fmt.Sprintf("zstd%dage-s", level))
+	b.ReportMetric(ageCPU.Seconds()/n, fmt.Sprintf("zstd%dage-cpu-s", level))
+	b.ReportMetric(100*(ageWall.Seconds()-noageWall.Seconds())/noageWall.Seconds(), "age-overhead-wall-%")
+	b.ReportMetric(100*(ageCPU.Seconds()-noageCPU.Seconds())/noageCPU.Seconds(), "age-overhead-cpu-%")
+}
+
+// benchAgeKeys returns keys that encrypt to one new X25519 recipient, as a
+// worker with DRFLOW_AGE_RECIPIENTS does.
+func benchAgeKeys(b *testing.B) *activities.AgeKeys {
+	b.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys, err := activities.NewAgeKeys(config.Encryption{AgeRecipients: []string{id.Recipient().String()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return keys
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

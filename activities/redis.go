@@ -71,6 +71,9 @@ type Redis struct {
 	// 60s). While Redis prepares the snapshot it sends a newline every
 	// second, so only a dead server or link runs into it.
 	ReadTimeout time.Duration
+	// Age encrypts the dumps it stores to its recipients and decrypts the
+	// stored ones (VerifyRDB) with its identities; nil does neither.
+	Age *AgeKeys
 }
 
 // RDBInput selects what DumpRDB dumps and where it stores it.
@@ -134,9 +137,10 @@ func (r *Redis) DumpRDB(ctx context.Context, in RDBInput) (Artifact, error) {
 	}
 	art := Artifact{
 		Kind: KindRedis, Source: inst, Key: key,
-		Compression: CompressionZstd, Encryption: EncryptionNone,
-		StartedAt: start.UTC(),
+		Compression: CompressionZstd,
+		StartedAt:   start.UTC(),
 	}
+	r.Age.stamp(&art)
 	where := fmt.Sprintf("redis %s at %s", inst, r.Config.Addr)
 	if err := ctx.Err(); err != nil {
 		return art, fmt.Errorf("%s: %w", where, context.Cause(ctx))
@@ -203,7 +207,7 @@ func (r *Redis) DumpRDB(ctx context.Context, in RDBInput) (Artifact, error) {
 	}
 	art.Duration = time.Since(start)
 	log.Info("redis rdb stored", "instance", inst, "key", key, "bytes", art.Size, "rawBytes", art.RawSize,
-		"keys", art.KeyCount, "rdbVersion", sum.Version, "duration", art.Duration)
+		"keys", art.KeyCount, "rdbVersion", sum.Version, "encryption", art.Encryption, "duration", art.Duration)
 	return art, nil
 }
 
@@ -279,8 +283,12 @@ func (r *Redis) storeRDB(ctx context.Context, cancel context.CancelCauseFunc, pa
 	}
 	putDone := make(chan putResult, 1)
 	go func() {
+		contentType := "application/zstd"
+		if r.Age.Encrypts() {
+			contentType = "application/octet-stream" // an age file
+		}
 		n, err := r.Store.Put(ctx, key, pr, store.PutOptions{
-			ContentType: "application/zstd",
+			ContentType: contentType,
 			SizeHint:    sizeHint, // the raw size bounds the compressed one closely enough
 			Progress:    hb.stored,
 		})
@@ -294,7 +302,7 @@ func (r *Redis) storeRDB(ctx context.Context, cancel context.CancelCauseFunc, pa
 	}()
 
 	in := &redisCountReader{r: payload, hb: hb}
-	sum, out, err := redisCompressScan(pw, in)
+	sum, out, err := redisCompressScan(pw, in, r.Age)
 	if err != nil {
 		pw.CloseWithError(err)
 	} else {
@@ -316,12 +324,17 @@ func (r *Redis) storeRDB(ctx context.Context, cancel context.CancelCauseFunc, pa
 }
 
 // redisCompressScan reads the RDB from src, scans it and writes its zstd
-// compression to dst, hashing what it writes. It reads src to its end: bytes
-// after the RDB's checksum are an error (scanRDB). dst is not closed.
-func redisCompressScan(dst io.Writer, src io.Reader) (rdbSummary, redisStored, error) {
+// compression to dst — encrypted with age when keys encrypt — hashing what it
+// writes. It reads src to its end: bytes after the RDB's checksum are an error
+// (scanRDB). dst is not closed; on error the age file is left unfinished.
+func redisCompressScan(dst io.Writer, src io.Reader, keys *AgeKeys) (rdbSummary, redisStored, error) {
 	h := sha256.New()
 	out := &redisHashWriter{w: dst, h: h}
-	enc, err := zstd.NewWriter(out,
+	sealed, finish, err := keys.seal(out)
+	if err != nil {
+		return rdbSummary{}, redisStored{}, err
+	}
+	enc, err := zstd.NewWriter(sealed,
 		zstd.WithEncoderLevel(zstd.SpeedDefault),
 		zstd.WithEncoderConcurrency(min(runtime.GOMAXPROCS(0), 4)),
 		// Sections compressed in parallel into one frame; without it a stream
@@ -342,6 +355,9 @@ func redisCompressScan(dst io.Writer, src io.Reader) (rdbSummary, redisStored, e
 	}
 	if err := enc.Close(); err != nil {
 		return sum, redisStored{}, fmt.Errorf("zstd: %w", err)
+	}
+	if err := finish(); err != nil {
+		return sum, redisStored{}, err
 	}
 	return sum, redisStored{size: out.n, sha256: hex.EncodeToString(h.Sum(nil))}, nil
 }

@@ -773,15 +773,15 @@ func TestRedisDumpRDBLarge(t *testing.T) {
 // Trailing bytes after the RDB's checksum are not a valid transfer.
 func TestRedisCompressScanRejectsTrailingData(t *testing.T) {
 	rdb := rdbNew(10).op(rdbOpSelectDB).len(0).kv(rdbTypeString, "k", func(b *rdbBuilder) { b.str("v") }).eof()
-	_, out, err := redisCompressScan(io.Discard, strings.NewReader(string(rdb)))
+	_, out, err := redisCompressScan(io.Discard, strings.NewReader(string(rdb)), nil)
 	require.NoError(t, err)
 	assert.Len(t, out.sha256, 64)
-	_, _, err = redisCompressScan(io.Discard, strings.NewReader(string(rdb)+"x"))
+	_, _, err = redisCompressScan(io.Discard, strings.NewReader(string(rdb)+"x"), nil)
 	require.ErrorIs(t, err, errRDBCorrupt)
 	assert.ErrorContains(t, err, "data after the RDB's checksum")
 
 	boom := errors.New("disk full")
-	_, _, err = redisCompressScan(redisFailWriter{boom}, strings.NewReader(string(rdb)))
+	_, _, err = redisCompressScan(redisFailWriter{boom}, strings.NewReader(string(rdb)), nil)
 	require.ErrorIs(t, err, boom)
 }
 

@@ -52,6 +52,8 @@ type SQLite struct {
 	Store store.Store
 	// Zstd tunes the compression of the stored snapshots.
 	Zstd ZstdOptions
+	// Age encrypts the snapshots to its recipients; nil stores them unencrypted.
+	Age *AgeKeys
 }
 
 // SQLiteInput says which database Snapshot backs up and where to.
@@ -137,7 +139,7 @@ func (s *SQLite) Snapshot(ctx context.Context, in SQLiteInput) (Artifact, error)
 	art.StartedAt = started.UTC()
 	art.Duration = time.Since(started)
 	log.Info("sqlite snapshot stored", "set", in.SetID, "db", in.Name, "key", key,
-		"bytes", art.Size, "rawBytes", art.RawSize, "rowCounts", art.RowCounts, "duration", art.Duration)
+		"bytes", art.Size, "rawBytes", art.RawSize, "rowCounts", art.RowCounts, "encryption", art.Encryption, "duration", art.Duration)
 	return art, nil
 }
 
@@ -258,14 +260,14 @@ func (s *SQLite) snapshot(ctx context.Context, name, path, key string) (Artifact
 		return Artifact{}, fmt.Errorf("open the local copy: %w", err)
 	}
 	defer f.Close()
-	c, err := putZstd(ctx, s.Store, key, f, s.Zstd, prog)
+	c, err := putZstd(ctx, s.Store, key, f, s.Zstd, s.Age, prog)
 	if err != nil {
 		return Artifact{}, err
 	}
 	stopBeat()
 	phase.Store("stored")
 	heartbeat()
-	return Artifact{
+	art := Artifact{
 		Kind:          KindSQLite,
 		Source:        name,
 		Key:           key,
@@ -273,10 +275,11 @@ func (s *SQLite) snapshot(ctx context.Context, name, path, key string) (Artifact
 		RawSize:       c.RawSize,
 		SHA256:        c.SHA256,
 		Compression:   CompressionZstd,
-		Encryption:    EncryptionNone,
 		SourceVersion: "SQLite " + version,
 		RowCounts:     counts,
-	}, nil
+	}
+	s.Age.stamp(&art)
+	return art, nil
 }
 
 // vacuumInto copies the live database at path into the empty file dst.

@@ -134,14 +134,17 @@ func (o *Objects) VerifySample(ctx context.Context, in VerifySampleInput) (Sampl
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
-	// The listing.
+	// The listing. A key this worker lacks fails before the download.
+	if err := o.Age.checkReadable(lst); err != nil {
+		return chk, err
+	}
 	rc, err := o.Store.Get(ctx, lst.Key)
 	if err != nil {
 		return chk, verifyInfraErr(ctx, where+" listing "+lst.Key, &verifyStoreError{err: err, get: true})
 	}
 	src := &verifyStoreReader{ctx: ctx, r: rc, h: sha256.New(), n: &hb.stored}
 	var listedBytes int64
-	decErr := ReadListing(src, func(obj ListedObject) error {
+	decErr := o.Age.readListing(src, lst, func(obj ListedObject) error {
 		chk.Listed++
 		listedBytes += obj.Size
 		hb.progress.Store(chk.Listed)
@@ -153,6 +156,8 @@ func (o *Objects) VerifySample(ctx context.Context, in VerifySampleInput) (Sampl
 	}
 	rc.Close()
 	switch {
+	case AgeKeyError(decErr) != nil:
+		return chk, AgeKeyError(decErr)
 	case decErr != nil && isVerifyInfra(ctx, decErr):
 		return chk, verifyInfraErr(ctx, where+" listing "+lst.Key, decErr)
 	case err != nil:
@@ -264,8 +269,8 @@ func (o *Objects) checkVerifySample(in VerifySampleInput) (VerifySampleInput, er
 	if lst.Compression != "" && lst.Compression != CompressionZstd {
 		return in, bad("listing %s: compression %q is not %q", lst.Key, lst.Compression, CompressionZstd)
 	}
-	if lst.Encryption != "" && lst.Encryption != EncryptionNone {
-		return in, bad("listing %s: encryption %q is not supported", lst.Key, lst.Encryption)
+	if lst.Encryption != "" && lst.Encryption != EncryptionNone && lst.Encryption != EncryptionAge {
+		return in, bad("listing %s: encryption %q is not %s or %s", lst.Key, lst.Encryption, EncryptionNone, EncryptionAge)
 	}
 	if !isHexSHA256(lst.SHA256) {
 		return in, bad("listing %s: sha256 %q is not 64 hex digits", lst.Key, lst.SHA256)

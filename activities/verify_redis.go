@@ -224,10 +224,18 @@ func (r *Redis) VerifyRDB(ctx context.Context, in VerifyRDBInput) (RDBCheck, err
 	case errors.Is(dl.scanErr, errRDBCorrupt), errors.Is(dl.scanErr, errRDBTruncated):
 		add("%v", dl.scanErr)
 	default:
-		var de *verifyDecodeError
-		if errors.As(dl.scanErr, &de) {
+		var (
+			de *verifyDecodeError
+			ae *ageDataError
+		)
+		switch {
+		case errors.As(dl.scanErr, &ae) && errors.As(dl.scanErr, &de) && de.at > 0:
+			add("cannot decrypt (age) after %d bytes of RDB: %v", de.at, ae.err)
+		case errors.As(dl.scanErr, &ae):
+			add("cannot decrypt (age): %v", ae.err)
+		case errors.As(dl.scanErr, &de):
 			add("cannot decompress (zstd) after %d bytes of RDB: %v", de.at, de.err)
-		} else {
+		default:
 			add("%v", dl.scanErr)
 		}
 	}
@@ -340,8 +348,8 @@ func (r *Redis) checkVerifyRDB(art Artifact) error {
 	default:
 		return bad("artifact %s: compression %q is not %q or %q", art.Key, art.Compression, CompressionZstd, CompressionNone)
 	}
-	if art.Encryption != "" && art.Encryption != EncryptionNone {
-		return bad("artifact %s: encryption %q is not supported", art.Key, art.Encryption)
+	if art.Encryption != "" && art.Encryption != EncryptionNone && art.Encryption != EncryptionAge {
+		return bad("artifact %s: encryption %q is not %s or %s", art.Key, art.Encryption, EncryptionNone, EncryptionAge)
 	}
 	if !isHexSHA256(art.SHA256) {
 		return bad("artifact %s: sha256 %q is not 64 hex digits", art.Key, art.SHA256)
@@ -407,32 +415,37 @@ type rdbDownload struct {
 // store or writing dst.
 func (r *Redis) downloadRDB(ctx context.Context, art Artifact, dst io.Writer, hb *verifyBeat[VerifyRDBProgress]) (rdbDownload, error) {
 	var d rdbDownload
+	// A key this worker lacks fails before the download.
+	if err := r.Age.checkReadable(art); err != nil {
+		return d, err
+	}
 	rc, err := r.Store.Get(ctx, art.Key)
 	if err != nil {
 		return d, &verifyStoreError{err: err, get: true}
 	}
 	defer rc.Close()
 	src := &verifyStoreReader{ctx: ctx, r: rc, h: sha256.New(), n: &hb.stored}
-	var rdb io.Reader = src
-	if art.Compression == CompressionZstd || art.Compression == "" {
-		// Concurrency 1 decodes in this goroutine, so src is never read by
-		// two goroutines and can be drained below without a race.
-		dec, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return d, fmt.Errorf("zstd: %w", err)
-		}
-		defer dec.Close()
-		rdb = &verifyDecodeReader{r: dec}
-	}
-	rdb = &countReader{r: rdb, n: &hb.progress}
-	if dst != nil {
-		rdb = io.TeeReader(rdb, verifyTempWriter{dst})
-	}
-	d.sum, err = scanRDB(rdb)
 	var (
 		se *verifyStoreError
 		te *verifyTempError
 	)
+	// Concurrency 1 decodes in this goroutine, so src is never read by two
+	// goroutines and can be drained below without a race.
+	plain, closeDec, err := r.Age.openArtifact(src, art, zstd.WithDecoderConcurrency(1))
+	defer closeDec()
+	switch {
+	case err == nil:
+		rdb := io.Reader(&countReader{r: &verifyDecodeReader{r: plain}, n: &hb.progress})
+		if dst != nil {
+			rdb = io.TeeReader(rdb, verifyTempWriter{dst})
+		}
+		d.sum, err = scanRDB(rdb)
+	case AgeKeyError(err) != nil, errors.As(err, &se):
+		return d, err
+	default:
+		// The age header does not parse: a finding, like a corrupt frame.
+		err = &verifyDecodeError{err: err}
+	}
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
@@ -536,6 +549,9 @@ func (e *verifyTempError) Unwrap() error { return e.err }
 // error: a missing object is ErrArtifactNotFound, a permanent store error
 // ErrStore, both non-retryable; the rest is left to the retry policy.
 func verifyInfraErr(ctx context.Context, where string, err error) error {
+	if kerr := AgeKeyError(err); kerr != nil {
+		return kerr // already classified, naming the set and the keys
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", where, context.Cause(ctx))
 	}

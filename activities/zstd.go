@@ -22,7 +22,8 @@ const (
 	CompressionNone = "none"
 )
 
-// EncryptionNone is recorded in Artifact.Encryption until client-side encryption exists.
+// EncryptionNone is recorded in Artifact.Encryption for an artifact stored unencrypted
+// (EncryptionAge, age.go, for an encrypted one).
 const EncryptionNone = "none"
 
 // ErrInvalidConfig: the worker's configuration of an activity struct can never work
@@ -86,9 +87,10 @@ func (o ZstdOptions) encoderOptions() ([]zstd.EOption, error) {
 type Compressed struct {
 	// RawSize is the number of bytes read from the source.
 	RawSize int64
-	// Size is the number of compressed bytes written.
+	// Size is the number of bytes written: compressed, and encrypted when the
+	// keys encrypt.
 	Size int64
-	// SHA256 is the hex SHA-256 of the compressed bytes, the ones stored.
+	// SHA256 is the hex SHA-256 of the bytes written, the ones stored.
 	SHA256 string
 }
 
@@ -101,23 +103,29 @@ type StreamProgress struct {
 	Stored atomic.Int64
 }
 
-// compressAndHash reads src to EOF and writes its zstd compression to dst, counting
-// the bytes read and hashing the bytes written. raw, when not nil, is updated as
-// src is read.
+// compressAndHash reads src to EOF and writes its zstd compression to dst —
+// encrypted with age to keys' recipients when keys encrypt (a nil keys does
+// not) — counting the bytes read and hashing the bytes written. raw, when not
+// nil, is updated as src is read.
 //
 // contract: on error, what reached dst is an unfinished zstd frame (its end is
-// never written) and nothing more is written after the return; the caller must
-// hand the error to dst's consumer (io.PipeWriter.CloseWithError), never an EOF.
-// Errors of src are returned as they are, so callers can match them; errors of
-// dst are wrapped "compress: …". src and dst are not closed.
-func compressAndHash(dst io.Writer, src io.Reader, opts ZstdOptions, raw *atomic.Int64) (Compressed, error) {
+// never written), or an unfinished age file, and nothing more is written after
+// the return; the caller must hand the error to dst's consumer
+// (io.PipeWriter.CloseWithError), never an EOF. Errors of src are returned as
+// they are, so callers can match them; errors of dst are wrapped "compress: …"
+// or "encrypt: …". src and dst are not closed.
+func compressAndHash(dst io.Writer, src io.Reader, opts ZstdOptions, keys *AgeKeys, raw *atomic.Int64) (Compressed, error) {
 	eopts, err := opts.encoderOptions()
 	if err != nil {
 		return Compressed{}, err
 	}
 	h := sha256.New()
 	out := &hashCountWriter{w: dst, h: h}
-	enc, err := zstd.NewWriter(out, eopts...)
+	sealed, finish, err := keys.seal(out)
+	if err != nil {
+		return Compressed{}, err
+	}
+	enc, err := zstd.NewWriter(sealed, eopts...)
 	if err != nil {
 		return Compressed{}, fmt.Errorf("zstd: %w", err)
 	}
@@ -146,6 +154,9 @@ func compressAndHash(dst io.Writer, src io.Reader, opts ZstdOptions, raw *atomic
 	if err := enc.Close(); err != nil {
 		return Compressed{}, fmt.Errorf("compress: %w", err)
 	}
+	if err := finish(); err != nil {
+		return Compressed{}, err
+	}
 	return Compressed{
 		RawSize: in.n.Load(),
 		Size:    out.n,
@@ -160,9 +171,10 @@ func discard(enc *zstd.Encoder) {
 	_ = enc.Close()
 }
 
-// putZstd streams src through compressAndHash into st.Put(key) through an io.Pipe:
-// nothing is staged on disk, and at most a few compression sections and upload
-// parts are in memory.
+// putZstd streams src through compressAndHash (zstd, then age when keys encrypt)
+// into st.Put(key) through an io.Pipe: nothing is staged on disk, and at most a
+// few compression sections, one 64 KiB encryption chunk and upload parts are in
+// memory. The caller records the encryption in the artifact (keys.stamp).
 //
 // contract: the object is stored only when src reached EOF without an error and
 // the upload succeeded; otherwise Put sees the error instead of an EOF and, by the
@@ -172,7 +184,7 @@ func discard(enc *zstd.Encoder) {
 // must itself stop the process or connection behind it. prog, when not nil, is
 // updated as bytes flow. Errors from src are returned as they are, those of the
 // store wrapped by Put ("put <key>: …").
-func putZstd(ctx context.Context, st store.Store, key string, src io.ReadCloser, opts ZstdOptions, prog *StreamProgress) (Compressed, error) {
+func putZstd(ctx context.Context, st store.Store, key string, src io.ReadCloser, opts ZstdOptions, keys *AgeKeys, prog *StreamProgress) (Compressed, error) {
 	if prog == nil {
 		prog = new(StreamProgress)
 	}
@@ -186,7 +198,7 @@ func putZstd(ctx context.Context, st store.Store, key string, src io.ReadCloser,
 	}
 	done := make(chan result, 1)
 	go func() {
-		c, err := compressAndHash(pw, src, opts, &prog.Raw)
+		c, err := compressAndHash(pw, src, opts, keys, &prog.Raw)
 		// nil closes with EOF: Put then completes the object.
 		pw.CloseWithError(err)
 		done <- result{c, err}
@@ -195,8 +207,12 @@ func putZstd(ctx context.Context, st store.Store, key string, src io.ReadCloser,
 		pw.CloseWithError(context.Cause(ctx))
 		_ = src.Close()
 	})
+	contentType := "application/zstd"
+	if keys.Encrypts() {
+		contentType = "application/octet-stream" // an age file; there is no registered type
+	}
 	n, putErr := st.Put(ctx, key, pr, store.PutOptions{
-		ContentType: "application/zstd",
+		ContentType: contentType,
 		SizeHint:    -1,
 		Progress:    func(b int64) { prog.Stored.Store(b) },
 	})

@@ -70,6 +70,17 @@ func TestManifestValidation(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, schemas.Validate(schemas.ManifestSchemaFile, b))
 
+	// An encrypted set: its artifacts name their recipients by fingerprint, the
+	// mirror says it is not encrypted.
+	enc := good
+	encArt := art
+	encArt.Encryption, encArt.RecipientFingerprints = "age", []string{"sha256:" + strings.Repeat("ab", 32), "sha256:" + strings.Repeat("0f", 32)}
+	enc.Artifacts = []activities.Artifact{encArt}
+	enc.Mirrors = []activities.MirrorResult{{Bucket: "kohakku", Prefix: "mirror/kohakku/", Listing: encArt, Encryption: "none"}}
+	b, err = json.Marshal(enc)
+	require.NoError(t, err)
+	require.NoError(t, schemas.Validate(schemas.ManifestSchemaFile, b))
+
 	tests := []struct {
 		name   string
 		mutate func(m *activities.Manifest)
@@ -80,11 +91,24 @@ func TestManifestValidation(t *testing.T) {
 		{"bad checksum", func(m *activities.Manifest) { m.Artifacts[0].SHA256 = "xyz" }, "/artifacts/0/sha256"},
 		{"negative size", func(m *activities.Manifest) { m.Artifacts[0].Size = -1 }, "/artifacts/0/size"},
 		{"no run id", func(m *activities.Manifest) { m.RunID = "" }, "/runId"},
+		{"unknown encryption", func(m *activities.Manifest) { m.Artifacts[0].Encryption = "gpg" }, "/artifacts/0/encryption"},
+		{"age without fingerprints", func(m *activities.Manifest) { m.Artifacts[0].Encryption = "age" }, "/artifacts/0"},
+		{"age with an empty fingerprint list", func(m *activities.Manifest) {
+			m.Artifacts[0].Encryption, m.Artifacts[0].RecipientFingerprints = "age", []string{}
+		}, "/artifacts/0"},
+		{"a key instead of a fingerprint", func(m *activities.Manifest) {
+			m.Artifacts[0].Encryption, m.Artifacts[0].RecipientFingerprints = "age", []string{"age17rfxptexkxqgxve24y846dw5u2ns8qfya26mp5hlwg8sh6axj5wq3x3kme"}
+		}, "/artifacts/0/recipientFingerprints/0"},
+		{"fingerprints of an unencrypted artifact", func(m *activities.Manifest) {
+			m.Artifacts[0].RecipientFingerprints = []string{"sha256:" + strings.Repeat("cd", 32)}
+		}, "/artifacts/0"},
+		{"an encrypted mirror", func(m *activities.Manifest) { m.Mirrors[0].Encryption = "age" }, "/mirrors/0/encryption"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := good
 			m.Artifacts = []activities.Artifact{art}
+			m.Mirrors = []activities.MirrorResult{{Bucket: "kohakku", Prefix: "mirror/kohakku/", Listing: art}}
 			tt.mutate(&m)
 			b, err := json.Marshal(m)
 			require.NoError(t, err)

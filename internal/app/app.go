@@ -79,15 +79,20 @@ func New(ctx context.Context, cfg *config.Config) (*Activities, error) {
 	}
 	a.BackupStore = bs
 
-	a.Postgres = &activities.Postgres{Config: cfg.Postgres, Store: st}
+	// One set of age keys for every artifact writer and reader (nil: none).
+	keys, err := activities.NewAgeKeys(cfg.Encryption)
+	if err != nil {
+		return nil, fmt.Errorf("encryption: %w", err)
+	}
+	a.Postgres = &activities.Postgres{Config: cfg.Postgres, Store: st, Age: keys}
 	if cfg.Require(config.PartPostgres) == nil {
 		a.Inventory.Databases = append(a.Inventory.Databases, cfg.Postgres.Databases...)
 	}
-	a.Redis = &activities.Redis{Config: cfg.Redis, Store: st, Instance: DefaultRedisInstance}
+	a.Redis = &activities.Redis{Config: cfg.Redis, Store: st, Instance: DefaultRedisInstance, Age: keys}
 	if cfg.Require(config.PartRedis) == nil && cfg.Redis.Addr != "" {
 		a.Inventory.Redis = []string{DefaultRedisInstance}
 	}
-	a.Objects = &activities.Objects{Store: st}
+	a.Objects = &activities.Objects{Store: st, Age: keys}
 	if cfg.Require(config.PartMinIO) == nil {
 		mc, err := activities.NewMinIOClient(cfg.MinIO, activities.DefaultObjectsConcurrency)
 		if err != nil {
@@ -105,7 +110,7 @@ func New(ctx context.Context, cfg *config.Config) (*Activities, error) {
 	for _, svc := range cfg.Services.Hooks.Services {
 		a.Inventory.Services[svc.Name] = svc.TaskQueue
 	}
-	a.SQLite = &activities.SQLite{Databases: cfg.SQLite.Paths(), Store: st}
+	a.SQLite = &activities.SQLite{Databases: cfg.SQLite.Paths(), Store: st, Age: keys}
 	for _, db := range cfg.SQLite.Databases {
 		a.Inventory.SQLite = append(a.Inventory.SQLite, db.Name)
 	}

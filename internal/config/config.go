@@ -38,6 +38,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
+	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 
 	"github.com/kohakku/drflow/internal/store"
@@ -64,6 +65,8 @@ type Config struct {
 	MinIO MinIO `json:"minio"`
 	// Backup is the S3-compatible store the backups are written to.
 	Backup Backup `json:"backup"`
+	// Encryption is the client-side encryption of the backup artifacts (age).
+	Encryption Encryption `json:"encryption"`
 	// Worker holds settings of the worker process itself.
 	Worker Worker `json:"worker"`
 	// Services holds the hooks that stop, start, restart and health-check
@@ -364,6 +367,7 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 	}
 	l.applyTemporalProfile()
 	l.checkPairs()
+	l.checkEncryption()
 	if err := errors.Join(l.errs...); err != nil {
 		return nil, err
 	}
@@ -450,14 +454,16 @@ func (c *Config) Secrets() []string {
 			out = append(out, s.Reveal())
 		}
 	}
+	out = append(out, c.Encryption.RevealIdentities()...)
 	return out
 }
 
 // TemporalClientOptions returns client options with the address, namespace,
 // API key credentials and TLS settings of c.Temporal, built by the SDK's
 // envconfig package. Certificate and key files are read here, so this is
-// where a bad file shows up. The caller adds its logger, identity and
-// interceptors.
+// where a bad file shows up. A connection that fails for a TLS or
+// credentials mistake reports the setting to fix (see explainConnErrors).
+// The caller adds its logger, identity and interceptors.
 func (c *Config) TemporalClientOptions() (client.Options, error) {
 	t := c.Temporal
 	prof := envconfig.ClientConfigProfile{
@@ -482,6 +488,9 @@ func (c *Config) TemporalClientOptions() (client.Options, error) {
 	if err != nil {
 		return client.Options{}, fmt.Errorf("temporal client (TEMPORAL_TLS_* settings): %w", err)
 	}
+	tlsOn := opts.ConnectionOptions.TLS != nil && !opts.ConnectionOptions.TLSDisabled
+	opts.ConnectionOptions.DialOptions = append(opts.ConnectionOptions.DialOptions,
+		grpc.WithChainUnaryInterceptor(explainConnErrors(t, tlsOn)))
 	return opts, nil
 }
 
@@ -756,6 +765,14 @@ var variables = []*variable{
 		store: retention},
 	{env: "S3_FORCE_PATH_STYLE", key: "backup.forcePathStyle", def: "false", example: "true",
 		store: boolean(func(c *Config) *bool { return &c.Backup.ForcePathStyle })},
+
+	// Client-side encryption of the backup artifacts (age).
+	{env: AgeRecipientsEnv, key: "encryption.ageRecipients", example: exampleAgeRecipient,
+		store: ageRecipients},
+	{env: AgeRecipientsFileEnv, key: "encryption.ageRecipientsFile", example: "/etc/drflow/age-recipients.txt",
+		store: ageRecipientsFile},
+	{env: AgeIdentityFileEnv, key: "encryption.ageIdentityFile", example: "/etc/drflow/age-identity.txt",
+		store: ageIdentityFile},
 
 	// The worker process.
 	{env: "DRFLOW_HTTP_ADDR", key: "worker.httpAddr", def: "127.0.0.1:9090", example: "0.0.0.0:9090",
@@ -1217,6 +1234,11 @@ type fileConfig struct {
 		RetentionDays   *fileValue `yaml:"retentionDays"`
 		ForcePathStyle  *fileValue `yaml:"forcePathStyle"`
 	} `yaml:"backup"`
+	Encryption struct {
+		AgeRecipients     *fileValue `yaml:"ageRecipients"`
+		AgeRecipientsFile *fileValue `yaml:"ageRecipientsFile"`
+		AgeIdentityFile   *fileValue `yaml:"ageIdentityFile"`
+	} `yaml:"encryption"`
 	Worker struct {
 		HTTPAddr    *fileValue `yaml:"httpAddr"`
 		StateDir    *fileValue `yaml:"stateDir"`

@@ -138,6 +138,9 @@ func TestEnvironment(t *testing.T) {
 		{"S3_PREFIX", "/kohakku/prod/", func(c *Config) any { return c.Backup.Prefix }, "", "kohakku/prod"},
 		{"S3_BACKUP_RETENTION", "30", func(c *Config) any { return c.Backup.RetentionDays }, 7, 30},
 		{"S3_FORCE_PATH_STYLE", "true", func(c *Config) any { return c.Backup.ForcePathStyle }, false, true},
+		{"DRFLOW_AGE_RECIPIENTS", " " + exampleAgeRecipient + " ", func(c *Config) any { return c.Encryption.AgeRecipients }, []string(nil), []string{exampleAgeRecipient}},
+		{"DRFLOW_AGE_RECIPIENTS_FILE", "(a recipients file, written below)", func(c *Config) any { return c.Encryption.AgeRecipientsFile }, "", "(the same path)"},
+		{"DRFLOW_AGE_IDENTITY_FILE", "(an identity file, written below)", func(c *Config) any { return c.Encryption.AgeIdentityFile }, "", "(the same path)"},
 		{"DRFLOW_HTTP_ADDR", ":0", func(c *Config) any { return c.Worker.HTTPAddr }, "127.0.0.1:9090", ":0"},
 		{"DRFLOW_STATE_DIR", "/var/lib/drflow", func(c *Config) any { return c.Worker.StateDir }, ".drflow", "/var/lib/drflow"},
 		{"DRFLOW_DEV_GRPC_ADDR", "0.0.0.0:7234", func(c *Config) any { return c.Worker.DevGRPCAddr }, "127.0.0.1:7233", "0.0.0.0:7234"},
@@ -182,6 +185,9 @@ func TestEnvironment(t *testing.T) {
 				vars["TEMPORAL_CONFIG_FILE"] = writeFile(t, "temporal.toml", "[profile.ops]\n")
 			case "DRFLOW_HOOKS_FILE": // the file is read and checked
 				tt.value = writeFile(t, "hooks.yaml", "services:\n  monitor:\n    restart: {argv: [systemctl, restart, kohakku-monitor]}\n")
+				tt.want = tt.value
+			case "DRFLOW_AGE_RECIPIENTS_FILE", "DRFLOW_AGE_IDENTITY_FILE": // the file is read and checked
+				tt.value = writeFile(t, "age.txt", ageFileFor(t, tt.env))
 				tt.want = tt.value
 			}
 			vars[tt.env] = tt.value
@@ -358,7 +364,7 @@ func TestFileProblems(t *testing.T) {
 	}{
 		{"unknown keys", "backup:\n  bucket: ok-bucket\n  retention: 7\ns3:\n  bucket: x\ntemporal:\n  tls:\n    insecure: true\n", []string{
 			`FILE:3: unknown key "backup.retention" (known keys in backup: bucket, endpoint, region, accessKeyId, secretAccessKey, prefix, retentionDays, forcePathStyle)`,
-			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, sqlite, minio, backup, worker, services)`,
+			`FILE:4: unknown key "s3" (known keys in the top level: temporal, postgres, redis, sqlite, minio, backup, encryption, worker, services)`,
 			`FILE:8: unknown key "temporal.tls.insecure" (known keys in temporal.tls: enabled, clientCertPath, clientCertData, clientKeyPath, clientKeyData, serverCaCertPath, serverCaCertData, serverName, disableHostVerification)`,
 		}},
 		{"bad values name file, line and key", "backup:\n  retentionDays: seven\nminio:\n  secure: maybe\n", []string{
