@@ -33,7 +33,7 @@ import (
 // Benchmark settings, from the environment.
 const (
 	// benchDBMBEnv sets the size of the generated data in MiB (rows as pg_dump
-	// writes them, before compression). make bench sets 1024.
+	// writes them, before compression); docs/performance.md quotes 1024.
 	benchDBMBEnv = "DRFLOW_BENCH_DB_MB"
 	// benchLevelsEnv lists the zstd levels the activity is run with, e.g. "1,3,6".
 	benchLevelsEnv = "DRFLOW_BENCH_ZSTD_LEVELS"
