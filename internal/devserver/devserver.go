@@ -358,8 +358,9 @@ func prepareDatabase(opts Options) (*config.SQL, error) {
 			"mode": "rwc",
 			// WAL keeps readers and the writer apart; synchronous=FULL makes every commit
 			// durable, so a SIGKILL loses no acknowledged state.
-			"_journal_mode": "wal",
-			"_synchronous":  "2",
+			// Temporal's SQLite plugin turns each key into _pragma=<key>=<value>.
+			"journal_mode": "wal",
+			"synchronous":  "2",
 		},
 	}
 	if _, err := os.Stat(dbPath); errors.Is(err, os.ErrNotExist) {

@@ -433,7 +433,25 @@ func (s *S3) put(ctx context.Context, full string, r io.Reader, opts PutOptions)
 		}
 		return 0, err
 	}
+	s.abortStale(ctx, full, uploadID)
 	return total, nil
+}
+
+// abortStale aborts the unfinished multipart uploads of full other than keep: those of
+// earlier Puts of the same key whose abort failed because the store was unreachable (a
+// retried step writes the same key again), whose parts would otherwise stay stored, and
+// billed, until a lifecycle rule removes them. Best effort: a failure leaves them to such
+// a rule. S3 and MinIO list the uploads of one exact key with Prefix set to it.
+func (s *S3) abortStale(ctx context.Context, full, keep string) {
+	out, err := s.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &full})
+	if err != nil {
+		return
+	}
+	for _, u := range out.Uploads {
+		if aws.ToString(u.Key) == full && aws.ToString(u.UploadId) != keep {
+			_ = s.abort(ctx, full, aws.ToString(u.UploadId))
+		}
+	}
 }
 
 // uploadParts reads r into buffers of partSize, the first one already read

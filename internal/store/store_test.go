@@ -492,6 +492,34 @@ func TestS3NoOrphanedUploads(t *testing.T) {
 	}
 }
 
+// TestS3PutAbortsStaleUploads: an upload of the same key left by an earlier Put whose
+// abort failed (the store was down) is aborted by the next multipart Put that completes;
+// another key's upload is left alone.
+func TestS3PutAbortsStaleUploads(t *testing.T) {
+	ms := newMinIO(t)
+	s := ms.store(t, func(c *store.S3Config) { c.PartSize = 5 << 20 })
+	c, _ := ms.m.Client()
+	core := minio.Core{Client: c}
+	key, other := "stale/obj", "stale/obj-other"
+	for _, k := range []string{key, key, other} {
+		if _, err := core.NewMultipartUpload(testCtx(t), ms.bucket, s.Prefix()+k, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ids := ms.pendingUploads(t, s.Prefix()+key); len(ids) != 2 {
+		t.Fatalf("pending uploads of %s = %q, want the 2 stale ones", key, ids)
+	}
+	if _, err := s.Put(testCtx(t), key, storetest.NewGenerator(1, 11<<20), store.PutOptions{SizeHint: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if ids := ms.pendingUploads(t, s.Prefix()+key); len(ids) != 0 {
+		t.Errorf("pending uploads of %s after a completed Put = %q, want none", key, ids)
+	}
+	if ids := ms.pendingUploads(t, s.Prefix()+other); len(ids) != 1 {
+		t.Errorf("pending uploads of %s = %q, want its own one left alone", other, ids)
+	}
+}
+
 // TestS3ErrorClassification feeds the S3 error answers MinIO's root user
 // cannot produce (a policy denial, throttling, server errors) through the
 // real client from a canned HTTP server, and checks which are permanent.
