@@ -2,6 +2,9 @@
 #
 #   make demo    the main job on this machine: local stack + worker --dev + Web UI
 #   make test    everything CI runs (race detector on; fails on any skipped test)
+#   make test-faults  the crash matrix and dependency faults: SIGKILL the worker at every step of
+#                every runbook, kill the servers mid-step, compare with uninterrupted runs, write
+#                docs/reliability.md (not in CI yet: it finds two defects, see that page)
 #   make lint    gofmt, go vet, staticcheck
 #   make bench   benchmarks with their baselines (slow; not part of make test)
 #   make screenshot  re-take docs/images/full-cluster-recovery.png (runs the demo; needs chromium)
@@ -19,7 +22,7 @@ STATICCHECK_VERSION := v0.8.2
 TEST_TIMEOUT ?= 20m
 TEST_FLAGS ?=
 
-.PHONY: all build test lint bench demo screenshot tools clean
+.PHONY: all build test test-faults lint bench demo screenshot tools clean
 
 all: lint test
 
@@ -39,6 +42,26 @@ $(BIN)/staticcheck:
 
 test: $(BIN)/minio
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -json $(TEST_FLAGS) ./... | $(GO) run ./internal/testreport
+
+# The matrix goes between the crash-matrix markers of docs/reliability.md, also when a
+# kill point failed (the table says which); the target then fails.
+FAULTS_REPORT := $(CURDIR)/.drflow/crash-matrix.md
+
+test-faults: $(BIN)/minio
+	@mkdir -p $(dir $(FAULTS_REPORT)) && rm -f $(FAULTS_REPORT)
+	@status=0; \
+	DRFLOW_FAULTS_REPORT=$(FAULTS_REPORT) $(GO) test -race -tags faults -count=1 -timeout 30m -run 'TestCrashMatrix|TestDependencyFault' -json ./internal/e2e/ | $(GO) run ./internal/testreport || status=$$?; \
+	if [ -s $(FAULTS_REPORT) ]; then \
+		awk -v table=$(FAULTS_REPORT) ' \
+			/^<!-- crash-matrix:begin/ { print; while ((getline line < table) > 0) print line; skip = 1; found = 1; next } \
+			/^<!-- crash-matrix:end/ { skip = 0 } \
+			!skip { print } \
+			END { exit !found }' docs/reliability.md > docs/reliability.md.tmp \
+		|| { rm -f docs/reliability.md.tmp; echo "docs/reliability.md: crash-matrix markers missing"; exit 1; }; \
+		mv docs/reliability.md.tmp docs/reliability.md; \
+		echo "crash matrix written to docs/reliability.md"; \
+	fi; \
+	exit $$status
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
