@@ -83,6 +83,7 @@ const crashParallel = 3
 // TestCrashMatrix runs every runbook of crashScenarios with worker kills (one subtest
 // each, crashParallel at a time) and writes the matrix when all are done.
 func TestCrashMatrix(t *testing.T) {
+	t.Parallel() // alongside the TestDependencyFault tests of make test-faults: all wait for timeouts
 	rep := &matrixReport{started: time.Now(), path: os.Getenv(FaultsReportEnv), begun: map[string]time.Time{}}
 	if rep.path == "" {
 		rep.path = filepath.Join(t.TempDir(), "crash-matrix.md")
@@ -318,7 +319,7 @@ func (h *crashHarness) tempLeft() []string {
 	require.NoError(h.t, err)
 	var out []string
 	for _, e := range entries {
-		name := regexp.MustCompile(`[0-9]{4,}`).ReplaceAllString(e.Name(), "*")
+		name := randomRE.ReplaceAllString(e.Name(), "*")
 		if e.IsDir() {
 			name += "/"
 		}
@@ -670,6 +671,7 @@ var (
 	rtoRE      = regexp.MustCompile(`RTO [0-9.]+[a-zµ]+`)
 	durationRE = regexp.MustCompile(`\([0-9.]+[a-zµ]+\)`)
 	bytesRE    = regexp.MustCompile(`[0-9]+ bytes`)
+	randomRE   = regexp.MustCompile(`[0-9]{4,}`) // the random part of a temporary file's name
 )
 
 // --- the scenarios ---
