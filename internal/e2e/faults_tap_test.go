@@ -43,7 +43,8 @@ import (
 //     same activity took in the uninterrupted run (or at its first heartbeat when that is
 //     unknown), or when it reports its result if that comes first (the report is then
 //     held back, so for the server the activity never finished), the tap freezes and asks
-//     for the kill.
+//     for the kill. An activity armed for an external trigger dies when the test calls
+//     killRunning (or, failing that, with its result held back).
 //
 // Freezing also stops the worker process (SIGSTOP), so the point is exact: it does no
 // more work between the decision and the SIGKILL.
