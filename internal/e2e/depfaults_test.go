@@ -429,26 +429,7 @@ func depCheckSet(ctx context.Context, t *testing.T, e *env, res workflows.Nightl
 	kinds := map[string]int{}
 	for _, a := range man.Artifacts {
 		kinds[a.Kind]++
-		path, sum := e.getObject(ctx, t, a.Key, dir)
-		fi, err := os.Stat(path)
-		require.NoError(t, err)
-		assert.Equal(t, a.Size, fi.Size(), "size of %s", a.Key)
-		assert.Equal(t, a.SHA256, sum, "sha256 of %s", a.Key)
-		raw := zstdDecode(t, path)
-		fi, err = os.Stat(raw)
-		require.NoError(t, err)
-		assert.Equal(t, a.RawSize, fi.Size(), "raw size of %s", a.Key)
-		switch a.Kind {
-		case activities.KindPostgres:
-			checkDump(ctx, t, e, a, raw)
-		case activities.KindRedis:
-			checkRDB(ctx, t, e, a, raw, dir)
-		case activities.KindListing:
-			checkListing(ctx, t, e, a, raw)
-		case activities.KindSQLite:
-			checkSQLite(ctx, t, a, raw)
-		}
-		require.NoError(t, os.Remove(path))
+		require.NoError(t, os.Remove(checkArtifact(ctx, t, e, a, dir)))
 	}
 	assert.Equal(t, map[string]int{activities.KindPostgres: 2, activities.KindRedis: 1, activities.KindSQLite: 1, activities.KindListing: 1}, kinds)
 	require.Len(t, man.Mirrors, 1)

@@ -267,26 +267,7 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 
 	dir := t.TempDir()
 	for _, a := range man.Artifacts {
-		path, sum := e.getObject(ctx, t, a.Key, dir)
-		fi, err := os.Stat(path)
-		require.NoError(t, err)
-		assert.Equal(t, a.Size, fi.Size(), "size of %s", a.Key)
-		assert.Equal(t, a.SHA256, sum, "sha256 of %s", a.Key)
-		raw := zstdDecode(t, path)
-		fi, err = os.Stat(raw)
-		require.NoError(t, err)
-		assert.Equal(t, a.RawSize, fi.Size(), "raw size of %s", a.Key)
-
-		switch a.Kind {
-		case activities.KindPostgres:
-			checkDump(ctx, t, e, a, raw)
-		case activities.KindRedis:
-			checkRDB(ctx, t, e, a, raw, dir)
-		case activities.KindListing:
-			checkListing(ctx, t, e, a, raw)
-		case activities.KindSQLite:
-			checkSQLite(ctx, t, a, raw)
-		}
+		checkArtifact(ctx, t, e, a, dir)
 	}
 	require.Len(t, man.Mirrors, 1)
 	assert.Equal(t, int64(e.seeded.Objects), man.Mirrors[0].Objects)
@@ -327,6 +308,33 @@ func TestNightlyBackupEndToEnd(t *testing.T) {
 	for _, s := range sets {
 		assert.True(t, s.Complete)
 	}
+}
+
+// checkArtifact downloads a into dir and checks it without drflow's code: stored size
+// and SHA-256, raw size after zstd, then the kind's own check (pg_restore, a fresh
+// redis-server, the bucket, SQLite). It returns the downloaded file's path.
+func checkArtifact(ctx context.Context, t *testing.T, e *env, a activities.Artifact, dir string) string {
+	t.Helper()
+	path, sum := e.getObject(ctx, t, a.Key, dir)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, a.Size, fi.Size(), "size of %s", a.Key)
+	assert.Equal(t, a.SHA256, sum, "sha256 of %s", a.Key)
+	raw := zstdDecode(t, path)
+	fi, err = os.Stat(raw)
+	require.NoError(t, err)
+	assert.Equal(t, a.RawSize, fi.Size(), "raw size of %s", a.Key)
+	switch a.Kind {
+	case activities.KindPostgres:
+		checkDump(ctx, t, e, a, raw)
+	case activities.KindRedis:
+		checkRDB(ctx, t, e, a, raw, dir)
+	case activities.KindListing:
+		checkListing(ctx, t, e, a, raw)
+	case activities.KindSQLite:
+		checkSQLite(ctx, t, a, raw)
+	}
+	return path
 }
 
 // checkDump restores a dump with pg_restore into a fresh database and compares row counts
