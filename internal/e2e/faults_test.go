@@ -612,11 +612,21 @@ func (h *crashHarness) storeKeys(ctx context.Context, prefix string) map[string]
 }
 
 // incompleteUploads counts multipart uploads left open in the backup store.
+//
+// MinIO lists the unfinished uploads of one exact key only (a prefix of "" finds none), so
+// it asks per stored key; the keys that can have had a multipart upload are those at
+// least one part (5 MiB) long. An upload whose key was never completed is not seen.
 func (h *crashHarness) incompleteUploads(ctx context.Context) []string {
 	var out []string
-	for u := range h.e.backup.ListIncompleteUploads(ctx, backupBucket, "", true) {
-		require.NoError(h.t, u.Err)
-		out = append(out, u.Key)
+	for obj := range h.e.backup.ListObjects(ctx, backupBucket, minio.ListObjectsOptions{Recursive: true}) {
+		require.NoError(h.t, obj.Err)
+		if obj.Size < 5<<20 {
+			continue
+		}
+		for u := range h.e.backup.ListIncompleteUploads(ctx, backupBucket, obj.Key, false) {
+			require.NoError(h.t, u.Err)
+			out = append(out, u.Key)
+		}
 	}
 	sort.Strings(out)
 	return out
