@@ -108,7 +108,8 @@ type RestoreDatabaseResult struct {
 }
 
 // RestoreProgress is RestoreDatabase's heartbeat detail, shown in the Web UI.
-// A restore cannot resume: a retry starts over and does not read it.
+// A retry does not read it: it resumes from the mark it finds in the server
+// (see RestoreDatabase), or starts over.
 type RestoreProgress struct {
 	// Phase is "download", "restore", "analyze", "count", "swap", "done", or
 	// "drop" when a failed attempt drops its staging database.
@@ -130,6 +131,35 @@ func StagingDatabase(target string) string {
 	return RestoreStagingPrefix + hex.EncodeToString(sum[:])[:12]
 }
 
+// replacedDatabase is the name the swap gives the replaced target until it
+// drops it: StagingDatabase(target) + "_replaced", under the reserved prefix.
+func replacedDatabase(target string) string {
+	return StagingDatabase(target) + "_replaced"
+}
+
+// restoreIdentity names one RestoreDatabase activity, the same for all its
+// attempts and different for every other: workflow, run, activity id and the
+// time the activity was first scheduled (the same across retries). A test
+// plays a retry by giving two calls one identity in ctx.
+func restoreIdentity(ctx context.Context) string {
+	if id, ok := ctx.Value(restoreIdentityKey{}).(string); ok {
+		return id
+	}
+	info := activity.GetInfo(ctx)
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%d", info.WorkflowExecution.ID, info.WorkflowExecution.RunID,
+		info.ActivityID, info.ScheduledTime.UnixNano()))
+	return hex.EncodeToString(sum[:8])
+}
+
+// restoreIdentityKey holds a test's restore identity in a context.
+type restoreIdentityKey struct{}
+
+// The mark's endings: whether the swap replaced a target or created it.
+const (
+	markReplaces = "; replaces the existing database"
+	markCreates  = "; creates the database"
+)
+
 // RestoreDatabase restores one database of a backup set over in.Target (by
 // default the database it was dumped from), whether that database is missing
 // (a lost server) or live (after the operator approved).
@@ -143,22 +173,33 @@ func StagingDatabase(target string) string {
 // `pg_restore --exit-on-error -j N` into it (with --no-owner
 // --no-privileges when in.NoOwner), runs ANALYZE there and counts the
 // manifest's tables. Only when all that succeeded does it swap, on a
-// connection to the maintenance database "postgres": when the target exists
-// and is owned by another role than the connecting one, the staging database
-// gets that owner, then `DROP DATABASE target WITH (FORCE)` (ending the
-// target's sessions) and `ALTER DATABASE staging RENAME TO target`. So a
-// failed or cancelled restore leaves the target as it was, and the
-// application never sees a half-restored database; statistics and counts,
-// taken in the staging database, carry over with the rename. The swap runs to
+// connection to the maintenance database "postgres". First it marks the
+// staging database complete: a COMMENT naming the artifact, its SHA-256 and
+// this activity (see restoreIdentity). When the target exists and is owned by
+// another role than the connecting one, the staging database gets that owner;
+// then the target stops taking connections (ALLOW_CONNECTIONS false), its
+// sessions are ended, and one transaction renames the target to
+// StagingDatabase(target)+"_replaced" and the staging database to the target;
+// the replaced database is dropped after the commit. So the target exists at
+// every moment, also when the worker dies during the swap: before the commit
+// the target is the old database, after it the restored one. A failed or
+// cancelled restore leaves the target as it was, and the application never
+// sees a half-restored database; statistics and counts, taken in the staging
+// database, carry over with the rename, and so does the mark, which stays on
+// the restored database as a record of where it came from. The swap runs to
 // its end even when ctx is cancelled during it. Database-level settings
 // (ALTER DATABASE … SET), grants and comments of a replaced target are not
 // carried over (pg_dump without --create does not hold them either).
 //
-// The staging database is dropped on every failure path, also when ctx is
-// cancelled (under a context that survives the cancellation); cancelling ctx
-// kills pg_restore's process group. A retry starts over from the download:
-// RestoreDatabase cannot resume, and heartbeats RestoreProgress for the Web UI
-// only. The password reaches pg_restore only through PGPASSWORD; no argument,
+// The staging database is dropped on every failure path before the mark, also
+// when ctx is cancelled (under a context that survives the cancellation);
+// cancelling ctx kills pg_restore's process group. A retry of an attempt that
+// died before the mark starts over from the download. A retry that finds the
+// mark — on the staging database (the attempt died in the swap) or on the
+// target (it died after the swap) — does not download or restore again: it
+// recounts the rows, finishes the swap or drops what the swap left, and
+// reports Replaced as the first attempt saw it. RestoreDatabase heartbeats
+// RestoreProgress for the Web UI. The password reaches pg_restore only through PGPASSWORD; no argument,
 // log line or error holds it. It needs PostgreSQL 13 or newer (WITH (FORCE)),
 // a role with CREATEDB that may drop the target (its owner or a superuser),
 // and, without NoOwner, one that can give objects to their dumped owners.
@@ -181,8 +222,8 @@ func (p *Postgres) RestoreDatabase(ctx context.Context, in RestoreDatabaseInput)
 		return RestoreDatabaseResult{}, err
 	}
 	a := in.Artifact
-	r := &restoration{p: p, in: in, target: target, staging: StagingDatabase(target),
-		res: RestoreDatabaseResult{Database: a.Source, Target: target}}
+	r := &restoration{p: p, in: in, target: target, staging: StagingDatabase(target), replaced: replacedDatabase(target),
+		identity: restoreIdentity(ctx), res: RestoreDatabaseResult{Database: a.Source, Target: target}}
 	if r.adminURL, err = p.Config.DatabaseURL(maintenanceDB); err == nil {
 		r.stagingURL, err = p.Config.DatabaseURL(r.staging)
 	}
@@ -190,9 +231,6 @@ func (p *Postgres) RestoreDatabase(ctx context.Context, in RestoreDatabaseInput)
 		return RestoreDatabaseResult{}, NonRetryable(ErrInvalidConfig, fmt.Errorf("restore %q from %s: %w", target, a.Key, err))
 	}
 	_, r.password = splitPassword(r.adminURL)
-	if attempt := activity.GetInfo(ctx).Attempt; attempt > 1 {
-		log.Info("restore starts over: it cannot resume", "set", in.SetID, "db", a.Source, "target", target, "key", a.Key, "attempt", attempt)
-	}
 	err = r.run(ctx)
 	if _, ok := err.(*temporal.ApplicationError); ok {
 		// Classified already, naming key and target; wrapping it again would hide
@@ -273,13 +311,18 @@ type restoration struct {
 	in      RestoreDatabaseInput
 	target  string
 	staging string
-	res     RestoreDatabaseResult
+	// replaced is the name the swap gives the old target until it drops it.
+	replaced string
+	// identity names this activity across its attempts (restoreIdentity).
+	identity string
+	res      RestoreDatabaseResult
 	// adminURL (maintenance database) and stagingURL carry the password: never
 	// log them.
 	adminURL, stagingURL, password string
 	// touched: the staging database may exist, created by this attempt or
-	// left by another one; a failure drops it.
-	touched bool
+	// left by another one; a failure drops it, unless marked: it is complete
+	// and carries the mark, and a retry swaps it in.
+	touched, marked bool
 
 	phase       atomic.Value // string
 	stored, raw atomic.Int64
@@ -316,6 +359,9 @@ func (r *restoration) run(ctx context.Context) (err error) {
 	// Before the download, which may take long: a server that refuses the
 	// role fails the restore now.
 	if err := r.preflight(ctx); err != nil {
+		return err
+	}
+	if done, err := r.resume(ctx, setPhase, stopBeat); done || err != nil {
 		return err
 	}
 	started := time.Now()
@@ -355,7 +401,7 @@ func (r *restoration) run(ctx context.Context) (err error) {
 	// cancelled activity. Not when the server could not even be reached: then
 	// nothing was created, and the next attempt drops any leftover first.
 	defer func() {
-		if swapped || !r.touched {
+		if swapped || !r.touched || r.marked {
 			return
 		}
 		stopBeat() // the final phases are reported by hand
@@ -548,6 +594,12 @@ func (r *restoration) analyzeAndCount(ctx context.Context, setPhase func(string)
 	r.res.Analyze = time.Since(started)
 
 	setPhase("count")
+	return r.count(ctx, conn, r.staging)
+}
+
+// count counts the manifest's tables in db (on conn) into the result; counts
+// other than the manifest's are a bad dump.
+func (r *restoration) count(ctx context.Context, conn *pgx.Conn, db string) error {
 	want := r.in.Artifact.RowCounts
 	tables := make([]string, 0, len(want))
 	for t := range want {
@@ -560,7 +612,7 @@ func (r *restoration) analyzeAndCount(ctx context.Context, setPhase func(string)
 		id, _ := tableIdent(t) // checked with the input
 		n, err := countTable(ctx, conn, id)
 		if err != nil {
-			return fmt.Errorf("count rows of %s in staging database %q: %w", t, r.staging, err)
+			return fmt.Errorf("count rows of %s in database %q: %w", t, db, err)
 		}
 		if n < 0 {
 			problems = append(problems, fmt.Sprintf("table %s is missing from the restored database, %d rows in the manifest", t, want[t]))
@@ -589,9 +641,101 @@ func countTable(ctx context.Context, conn *pgx.Conn, id pgx.Identifier) (int64, 
 	return n, err
 }
 
-// swap replaces the target with the staging database. Once started it runs to
-// its end under a context that survives a cancellation: stopping between the
-// DROP and the RENAME would leave no target at all.
+// mark is the comment a complete staging database carries from the swap on
+// (see RestoreDatabase), without its ending (markReplaces or markCreates).
+func (r *restoration) mark() string {
+	return fmt.Sprintf("drflow: restored from %s (sha256 %s) by restore %s", r.in.Artifact.Key, r.in.Artifact.SHA256, r.identity)
+}
+
+// resume finishes what an earlier attempt of this restore left when it died
+// in or after its swap, found by the mark (see RestoreDatabase). done reports
+// that it did: the restore is complete, nothing more to do.
+func (r *restoration) resume(ctx context.Context, setPhase func(string), stopBeat func()) (done bool, err error) {
+	conn, err := r.connect(ctx, r.adminURL)
+	if err != nil {
+		return false, err
+	}
+	defer closeConn(conn)
+	comments, err := databaseComments(ctx, conn, r.target, r.staging, r.replaced)
+	if err != nil {
+		return false, err
+	}
+	mark := r.mark()
+	log := activity.GetLogger(ctx)
+	switch {
+	case strings.HasPrefix(comments[r.target], mark):
+		// Died after the swap's commit: the target is the restored database.
+		log.Info("restore resumes after its swap: the target is restored already", "target", r.target, "key", r.in.Artifact.Key)
+		r.res.Replaced = strings.HasSuffix(comments[r.target], markReplaces)
+		setPhase("count")
+		if err := r.countIn(ctx, r.target); err != nil {
+			return false, err
+		}
+		if _, left := comments[r.replaced]; left {
+			setPhase("swap")
+			if err := dropDatabase(ctx, r.adminURL, r.replaced); err != nil {
+				return false, fmt.Errorf("drop the replaced database %q: %w", r.replaced, err)
+			}
+		}
+	case strings.HasPrefix(comments[r.staging], mark):
+		// Died in the swap: the staging database is complete, the target as it was.
+		log.Info("restore resumes at its swap: the staging database is complete", "target", r.target, "staging", r.staging, "key", r.in.Artifact.Key)
+		setPhase("count")
+		if err := r.countIn(ctx, r.staging); err != nil {
+			return false, err
+		}
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		setPhase("swap")
+		if err := r.swap(ctx); err != nil {
+			return false, err
+		}
+	default:
+		return false, nil
+	}
+	stopBeat()
+	setPhase("done")
+	return true, nil
+}
+
+// countIn counts the manifest's tables in database db.
+func (r *restoration) countIn(ctx context.Context, db string) error {
+	url, err := r.p.Config.DatabaseURL(db)
+	if err != nil {
+		return NonRetryable(ErrInvalidConfig, fmt.Errorf("%s: %w", r.what(), err))
+	}
+	conn, err := r.connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	return r.count(ctx, conn, db)
+}
+
+// databaseComments returns the comment of each of names that exists ("" for
+// none); a missing database has no entry.
+func databaseComments(ctx context.Context, conn *pgx.Conn, names ...string) (map[string]string, error) {
+	rows, err := conn.Query(ctx, "SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = ANY($1)", names)
+	if err != nil {
+		return nil, fmt.Errorf("read the databases %q: %w", names, err)
+	}
+	out := map[string]string{}
+	var name, comment string
+	_, err = pgx.ForEachRow(rows, []any{&name, &comment}, func() error {
+		out[name] = comment
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the databases %q: %w", names, err)
+	}
+	return out, nil
+}
+
+// swap replaces the target with the complete staging database (see
+// RestoreDatabase): mark, owner, then both renames in one transaction, so that
+// the target exists at every moment whenever the worker dies. Once started it
+// runs to its end under a context that survives a cancellation.
 func (r *restoration) swap(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropTimeout)
 	defer cancel()
@@ -601,26 +745,125 @@ func (r *restoration) swap(ctx context.Context) error {
 	}
 	defer closeConn(conn)
 	var me string
-	var owner *string // NULL: no target
-	err = conn.QueryRow(sctx, "SELECT current_user, (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1)", r.target).Scan(&me, &owner)
+	var owner, stagingOwner *string // NULL: no such database
+	err = conn.QueryRow(sctx, `SELECT current_user,
+		(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1),
+		(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $2)`, r.target, r.staging).Scan(&me, &owner, &stagingOwner)
 	if err != nil {
 		return fmt.Errorf("read owner of %q: %w", r.target, err)
 	}
+	if stagingOwner == nil {
+		return fmt.Errorf("staging database %q is gone before the swap", r.staging)
+	}
+	comments, err := databaseComments(sctx, conn, r.staging)
+	if err != nil {
+		return err
+	}
+	// The mark first, while this role owns the staging database. A retry keeps
+	// the mark it finds: it says what the first attempt saw.
+	mark := r.mark()
+	if comment := comments[r.staging]; strings.HasPrefix(comment, mark) {
+		r.res.Replaced = strings.HasSuffix(comment, markReplaces)
+	} else {
+		r.res.Replaced = owner != nil
+		ending := markCreates
+		if r.res.Replaced {
+			ending = markReplaces
+		}
+		if err := commentOnDatabase(sctx, conn, r.staging, mark+ending); err != nil {
+			return fmt.Errorf("mark staging database %q complete: %w", r.staging, err)
+		}
+	}
+	// Complete and marked: a failure from here on keeps it for the retry's swap.
+	r.marked = true
 	staging, target := pgx.Identifier{r.staging}.Sanitize(), pgx.Identifier{r.target}.Sanitize()
-	if owner != nil && *owner != me {
-		// Before the drop, so that a role that may not do it changes nothing.
+	if owner == nil {
+		if _, err := conn.Exec(sctx, "ALTER DATABASE "+staging+" RENAME TO "+target); err != nil {
+			return fmt.Errorf("rename staging database %q to %q: %w", r.staging, r.target, err)
+		}
+		return nil
+	}
+	if *owner != me && *stagingOwner != *owner {
+		// Before the target is touched, so that a role that may not do it changes nothing.
 		if _, err := conn.Exec(sctx, "ALTER DATABASE "+staging+" OWNER TO "+pgx.Identifier{*owner}.Sanitize()); err != nil {
 			return fmt.Errorf("give staging database %q the owner of %q, %q: %w", r.staging, r.target, *owner, err)
 		}
 	}
-	r.res.Replaced = owner != nil
-	if _, err := conn.Exec(sctx, "DROP DATABASE IF EXISTS "+target+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("drop %q to replace it: %w", r.target, err)
+	// A database of that name is what a swap that died after its commit left.
+	if err := dropDatabase(sctx, r.adminURL, r.replaced); err != nil {
+		return fmt.Errorf("drop the leftover replaced database %q: %w", r.replaced, err)
 	}
-	if _, err := conn.Exec(sctx, "ALTER DATABASE "+staging+" RENAME TO "+target); err != nil {
-		return fmt.Errorf("rename staging database %q to %q (the old %q is dropped; a retry restores again): %w", r.staging, r.target, r.target, err)
+	if _, err := conn.Exec(sctx, "ALTER DATABASE "+target+" ALLOW_CONNECTIONS false"); err != nil {
+		return fmt.Errorf("close %q to new connections to replace it: %w", r.target, err)
+	}
+	if err := r.renameInto(sctx, conn); err != nil {
+		// The target is the old database still: open it again.
+		if _, aerr := conn.Exec(sctx, "ALTER DATABASE "+target+" ALLOW_CONNECTIONS true"); aerr != nil {
+			err = fmt.Errorf("%w; and re-opening %q to connections failed (ALTER DATABASE %s ALLOW_CONNECTIONS true): %v", err, r.target, target, aerr)
+		}
+		return err
+	}
+	if _, err := conn.Exec(sctx, "DROP DATABASE "+pgx.Identifier{r.replaced}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop the replaced database %q (the target is restored; a retry drops it): %w", r.replaced, err)
 	}
 	return nil
+}
+
+// renameInto ends the target's sessions, then renames the target aside and the
+// staging database to the target in one transaction. A session that connected
+// in between (only one that was connecting when the target closed) makes the
+// rename fail with object_in_use: then again, until sctx ends.
+func (r *restoration) renameInto(sctx context.Context, conn *pgx.Conn) error {
+	staging, target := pgx.Identifier{r.staging}.Sanitize(), pgx.Identifier{r.target}.Sanitize()
+	for {
+		if err := endSessions(sctx, conn, r.target); err != nil {
+			return err
+		}
+		err := pgx.BeginFunc(sctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(sctx, "ALTER DATABASE "+target+" RENAME TO "+pgx.Identifier{r.replaced}.Sanitize()); err != nil {
+				return fmt.Errorf("rename %q aside to %q: %w", r.target, r.replaced, err)
+			}
+			if _, err := tx.Exec(sctx, "ALTER DATABASE "+staging+" RENAME TO "+target); err != nil {
+				return fmt.Errorf("rename staging database %q to %q: %w", r.staging, r.target, err)
+			}
+			return nil
+		})
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || sctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// endSessions terminates the sessions connected to db and waits until they are gone.
+func endSessions(ctx context.Context, conn *pgx.Conn, db string) error {
+	for {
+		var left int
+		err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = $1 AND pid <> pg_backend_pid()`, db).Scan(&left)
+		if err != nil {
+			return fmt.Errorf("end the sessions of %q: %w", db, err)
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("end the sessions of %q: %d still connected: %w", db, left, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// commentOnDatabase sets db's comment. COMMENT takes no parameters: the
+// server quotes name and text itself (format's %I and %L).
+func commentOnDatabase(ctx context.Context, conn *pgx.Conn, db, comment string) error {
+	var stmt string
+	if err := conn.QueryRow(ctx, "SELECT format('COMMENT ON DATABASE %I IS %L', $1::text, $2::text)", db, comment).Scan(&stmt); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, stmt)
+	return err
 }
 
 // InspectDatabase reports whether the server is reachable, whether

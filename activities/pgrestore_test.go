@@ -22,6 +22,7 @@ import (
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/stack"
 	"github.com/kohakku/drflow/internal/stack/stacktest"
+	"github.com/kohakku/drflow/internal/store"
 	"github.com/kohakku/drflow/schemas"
 )
 
@@ -321,6 +322,11 @@ func TestRestoreDatabase(t *testing.T) {
 		}
 		_, err = os.Stat(filepath.Join(bin, "pgpassword"))
 		assert.NoError(t, err, "PGPASSWORD set for pg_restore")
+		noStaging(t)
+	})
+
+	t.Run("a retry finishes the swap the worker died in or after", func(t *testing.T) {
+		resumedSwapTests(t, f, arts[ctl], source[ctl])
 		noStaging(t)
 	})
 
@@ -802,4 +808,113 @@ func TestInspectDatabase(t *testing.T) {
 		assert.Contains(t, st.Error, "connect")
 		t.Logf("error: %s", st.Error)
 	})
+}
+
+// resumedSwapTests plays the retries of a restore whose worker died in its swap
+// (the renames' transaction rolled back) and after it (the replaced database
+// not dropped yet): the retry finds the mark, does not download again, and
+// finishes. A restore of another activity does not take the mark for its own.
+func resumedSwapTests(t *testing.T, f *pgFixture, art activities.Artifact, source map[string]string) {
+	srv := f.st.Postgres
+	ctx := activities.WithRestoreIdentity(context.Background(), "resumed-swap-1")
+	target := art.Source + "-resumed"
+	staging := activities.StagingDatabase(target)
+	id := func(name string) string { return pgx.Identifier{name}.Sanitize() }
+	comment := func(db string) string {
+		var c *string
+		pgQuery(t, srv, "postgres", "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", []any{db}, &c)
+		if c == nil {
+			return ""
+		}
+		return *c
+	}
+	in := activities.RestoreDatabaseInput{SetID: "2026-11-21T02-00-00Z", Artifact: art, Target: target}
+
+	// The first attempt, over a live database.
+	require.NoError(t, srv.CreateDatabase(context.Background(), target))
+	pgExec(t, srv, target, "CREATE TABLE live_only (id int)")
+	first := runRestore(t, ctx, f.pg(f.fs), in, nil)
+	require.NoError(t, first.err)
+	require.True(t, first.res.Replaced)
+	mark := comment(target)
+	assert.Contains(t, mark, art.Key, "the mark names the artifact")
+	assert.Contains(t, mark, art.SHA256, "and its checksum")
+	assert.Contains(t, mark, "replaces the existing database")
+
+	// A store without the dump: a retry that downloaded would fail.
+	empty, err := store.NewFS(t.TempDir())
+	require.NoError(t, err)
+
+	t.Run("died in the swap", func(t *testing.T) {
+		// The transaction rolled back: the staging database is complete and marked,
+		// the target is the old database, closed to new connections.
+		pgExec(t, srv, "postgres", "ALTER DATABASE "+id(target)+" RENAME TO "+id(staging))
+		require.NoError(t, srv.CreateDatabase(context.Background(), target))
+		pgExec(t, srv, target, "CREATE TABLE live_only (id int)")
+		pgExec(t, srv, "postgres", "ALTER DATABASE "+id(target)+" ALLOW_CONNECTIONS false")
+		tmp := verifyTempDir(t)
+
+		run := runRestore(t, ctx, f.pg(empty), in, nil)
+		require.NoError(t, run.err)
+		assert.True(t, run.res.Replaced, "as the first attempt saw it")
+		assert.Equal(t, art.RowCounts, run.res.RowCounts)
+		assert.Equal(t, source, fingerprint(t, srv, target), "the restored database swapped in")
+		assert.Equal(t, mark, comment(target), "the mark carried over")
+		assert.Empty(t, databases(t, srv, activities.RestoreStagingPrefix), "no staging or replaced database left")
+		assert.Equal(t, []string{"download", "count", "swap", "done"}, run.phases(), "no download, no restore")
+		assertEmptyDir(t, tmp)
+		conn, err := pgx.Connect(context.Background(), srv.URL(target))
+		require.NoError(t, err, "the target takes connections")
+		conn.Close(context.Background())
+	})
+
+	t.Run("died after the swap", func(t *testing.T) {
+		// Committed: the target is restored, the replaced database not dropped yet.
+		require.NoError(t, srv.CreateDatabase(context.Background(), staging+"_replaced"))
+		run := runRestore(t, ctx, f.pg(empty), in, nil)
+		require.NoError(t, run.err)
+		assert.True(t, run.res.Replaced)
+		assert.Equal(t, art.RowCounts, run.res.RowCounts)
+		assert.Equal(t, source, fingerprint(t, srv, target))
+		assert.Empty(t, databases(t, srv, activities.RestoreStagingPrefix), "replaced database dropped")
+		assert.Equal(t, []string{"download", "count", "swap", "done"}, run.phases())
+	})
+
+	t.Run("another restore is not a retry", func(t *testing.T) {
+		pgExec(t, srv, target, "CREATE TABLE changed_since (id int)")
+		run := runRestore(t, activities.WithRestoreIdentity(context.Background(), "resumed-swap-2"), f.pg(empty), in, nil)
+		assertRestoreFailed(t, run.err, activities.ErrArtifactNotFound, art.Key)
+		pgExec(t, srv, target, "DROP TABLE changed_since")
+	})
+
+	t.Run("a failed swap keeps the marked staging database for the retry", func(t *testing.T) {
+		// The target's owner is a role the restoring one may not give the staging
+		// database to: the swap fails after the mark, before the target is touched.
+		addPasswordRole(t, f)
+		const owner = "drflow_resume_owner"
+		pgExec(t, srv, "postgres", "ALTER ROLE "+pwRole+" CREATEDB", "DROP ROLE IF EXISTS "+owner, "CREATE ROLE "+owner,
+			"ALTER DATABASE "+id(target)+" OWNER TO "+owner)
+		before := fingerprint(t, srv, target)
+		pg := f.pg(f.fs)
+		pg.Config = passwordConfig(f, pwPassword)
+		ctx := activities.WithRestoreIdentity(context.Background(), "resumed-swap-3")
+		in := in
+		in.NoOwner = true
+		run := runRestore(t, ctx, pg, in, nil)
+		require.Error(t, run.err)
+		t.Logf("error: %v", run.err)
+		assert.Equal(t, []string{staging}, databases(t, srv, activities.RestoreStagingPrefix), "the marked staging database is kept")
+		assert.Equal(t, before, fingerprint(t, srv, target), "target untouched")
+
+		pgExec(t, srv, "postgres", "GRANT "+owner+" TO "+pwRole)
+		pg.Store = empty
+		run = runRestore(t, ctx, pg, in, nil)
+		require.NoError(t, run.err)
+		assert.True(t, run.res.Replaced)
+		assert.Equal(t, []string{"download", "count", "swap", "done"}, run.phases(), "only the swap")
+		assert.Equal(t, owner, databaseOwner(t, srv, target), "owner kept")
+		assert.Equal(t, art.RowCounts, run.res.RowCounts)
+		assert.Empty(t, databases(t, srv, activities.RestoreStagingPrefix))
+	})
+	pgExec(t, srv, "postgres", "DROP DATABASE "+id(target))
 }

@@ -1018,7 +1018,8 @@ func crashTotalDBLoss(ctx context.Context, t *testing.T, rep *matrixReport) {
 	dropDB(ctx, t, e, "safety_check_1")
 	damaged = damage()
 	from = len(hk.lines(t))
-	// RestoreDatabase dies in its swap, the one step that leaves no database behind.
+	// RestoreDatabase dies in its swap, between renaming the target aside and renaming the
+	// staging database to the target: the target must exist throughout.
 	trap := newSwapTrap(h, []string{schemas.ControllerDB, schemas.DispatcherDB})
 	h.external = map[string]bool{"RestoreDatabase": true}
 	h.afterKill = trap.release
@@ -1035,16 +1036,16 @@ func crashTotalDBLoss(ctx context.Context, t *testing.T, rep *matrixReport) {
 	}
 	h.compare("pg_dump / pg_restore processes left running", []string(nil), crashStrays)
 	h.compare("multipart uploads left open in the store", []string(nil), h.incompleteUploads(ctx))
-	h.compare("RestoreDatabase killed in its swap (between DROP DATABASE and the RENAME)", true, trap.sprung.Load())
+	h.compare("RestoreDatabase killed in its swap (between its two RENAMEs)", true, trap.sprung.Load())
 	h.compare("no database missing for more than a second", "", trap.missing())
 }
 
 // swapTrap catches RestoreDatabase in its swap. As soon as a staging database exists it
-// holds a row lock on its pg_database entry, so that the swap's ALTER DATABASE … RENAME
-// waits once its DROP DATABASE of the target is done; then it has the worker killed
-// there and, the worker dead, ends the waiting RENAME before letting go: for the server,
-// the worker died between the two statements. It also measures how long each target
-// database is missing from then on.
+// holds a row lock on its pg_database entry, so that the swap's ALTER DATABASE staging
+// RENAME TO target waits once the target is renamed aside in the same transaction; then
+// it has the worker killed there and, the worker dead, ends the waiting RENAME before
+// letting go: for the server, the worker died between the two statements. It also
+// measures how long each target database is missing (from pg_database) from then on.
 type swapTrap struct {
 	h       *crashHarness
 	targets []string
@@ -1116,7 +1117,7 @@ func (tr *swapTrap) watch() {
 		}
 		var pid int
 		if err := admin.QueryRow(ctx, renameWaiting).Scan(&pid); err == nil {
-			if tr.h.tap.killRunning("RestoreDatabase", "in its swap: the target dropped, the RENAME of the staging database not done") {
+			if tr.h.tap.killRunning("RestoreDatabase", "in its swap: the target renamed aside, the RENAME of the staging database not done") {
 				tr.sprung.Store(true)
 			}
 		}
