@@ -97,7 +97,10 @@ type ObjectClassPlan struct {
 	Overwrite int64 `json:"overwrite"`
 	// KeepNewer: the live copy differs and is newer: kept (without force).
 	KeepNewer int64 `json:"keepNewer"`
-	// Unchanged: the live copy equals the set's (size and ETag).
+	// Unchanged: the live copy equals the set's (size and ETag). In a
+	// RestoreObjects retry this includes the objects an earlier attempt
+	// restored where they were missing after its last heartbeat (nothing
+	// tells them apart); the ones it overwrote count as Overwrite.
 	Unchanged int64 `json:"unchanged"`
 	// Bytes to restore (the mirror copies' sizes).
 	Bytes int64 `json:"bytes"`
@@ -162,15 +165,21 @@ type ObjectRestoreResult struct {
 	// Classes: what was done per class (Missing and Overwrite = restored,
 	// KeepNewer = kept).
 	Classes []ObjectClassPlan `json:"classes"`
-	// Restored objects and their bytes.
+	// Restored objects and their bytes, over all attempts. An object a
+	// failed attempt restored where it was missing, after its last
+	// heartbeat, is counted as Unchanged by the retry (nothing records it);
+	// Restored+Unchanged is the same whatever the attempts.
 	Restored      int64 `json:"restored"`
 	RestoredBytes int64 `json:"restoredBytes"`
 	// SafetyCopied: overwritten live objects whose old content is in the
-	// safety prefix (copied by this or an earlier attempt).
+	// safety prefix (copied by this or an earlier attempt). A retry counts
+	// those an earlier attempt copied and overwrote after its last
+	// heartbeat by their safety copies (as restored, with their bytes), so
+	// SafetyCopied is the same whatever the attempts.
 	SafetyCopied int64 `json:"safetyCopied"`
 	// KeptNewer: live objects newer than the set's copy, kept.
 	KeptNewer int64 `json:"keptNewer"`
-	// Unchanged: live objects equal to the set's copy.
+	// Unchanged: live objects equal to the set's copy (see Restored).
 	Unchanged int64 `json:"unchanged"`
 	// Warnings, as in ObjectsPlan: objects that could not be restored for
 	// want of a mirror copy, or were restored from a copy of another size.
@@ -308,8 +317,19 @@ func (o *Objects) PlanRestore(ctx context.Context, in ObjectRestoreInput) (Objec
 // is held in memory. Copies stream from the store into PutObject,
 // Objects.Concurrency at a time. RestoreObjects heartbeats
 // ObjectRestoreProgress and a retry resumes after its cursor; every step is
-// idempotent, and objects restored after the cursor by a failed attempt are
-// counted as unchanged by the retry.
+// idempotent. A failed attempt may have done more than its last heartbeat
+// says: a retry (an attempt after the first, or one given heartbeat details)
+// counts a live object after the cursor that equals the set's copy and has a
+// safety copy under SafetyPrefix as overwritten by an earlier attempt
+// (restored, with its bytes, and safety-copied, in its class's Overwrite), as
+// an uninterrupted run would have; so SafetyCopied does not depend on where
+// an attempt failed. Objects a failed attempt restored after the cursor where
+// they were missing leave no trace: the retry counts them as unchanged
+// (Restored+Unchanged does not depend on it either). SafetyPrefix is the
+// run's own (it names the workflow): a first attempt counts an object equal
+// to the set's copy as unchanged, safety copy or not, but a retry takes any
+// safety copy there of such an object for its run's, even one made by an
+// earlier activity with the same SafetyPrefix (a reset workflow).
 //
 // Errors: as PlanRestore; in addition a missing SafetyPrefix is
 // ErrInvalidInput.
@@ -328,6 +348,9 @@ func (o *Objects) RestoreObjects(ctx context.Context, in ObjectRestoreInput) (Ob
 	}
 	log := activity.GetLogger(ctx)
 
+	// A retry may find objects that an earlier attempt overwrote after its
+	// last heartbeat (see the scan below).
+	retry := activity.GetInfo(ctx).Attempt > 1 || activity.HasHeartbeatDetails(ctx)
 	var resume ObjectRestoreProgress
 	if activity.HasHeartbeatDetails(ctx) {
 		if err := activity.GetHeartbeatDetails(ctx, &resume); err != nil {
@@ -390,6 +413,12 @@ func (o *Objects) RestoreObjects(ctx context.Context, in ObjectRestoreInput) (Ob
 			return err
 		}
 		warn.note(it, v, in.Force)
+		if v == verdictUnchanged && it.safety && retry {
+			// Equal to the set's copy, yet its live content was copied to
+			// this run's safety prefix: an earlier attempt overwrote it
+			// after its last heartbeat. Counted as that attempt did.
+			v = verdictOverwritten
+		}
 		plans[it.class] = appendEntry(plans[it.class], it, v)
 		return nil
 	})
@@ -919,6 +948,10 @@ const (
 	verdictOverwrite          // the live copy differs and is not newer: safety copy, restore
 	verdictNewer              // the live copy differs and is newer: keep (force: as overwrite)
 	verdictUnavailable        // the live copy differs or is missing and the mirror has no copy
+	// verdictOverwritten: (RestoreObjects retries only) the live copy equals
+	// the listed one and has a safety copy: an earlier attempt safety-copied
+	// and overwrote it; counted as overwritten, nothing is written.
+	verdictOverwritten
 )
 
 // decide compares the live object with the listed one.
@@ -1036,7 +1069,7 @@ type restoreEntry struct {
 	key        string
 	run        int64
 	verdict    int
-	size       int64  // of the mirror copy
+	size       int64  // of the mirror copy (verdictOverwritten: of the live one)
 	etag       string // listed
 	live       keptRecord
 	safetyDone bool
@@ -1053,6 +1086,11 @@ func appendEntry(plan []restoreEntry, it *scanItem, v int) []restoreEntry {
 		return append(plan, restoreEntry{key: it.obj.Key, run: 1})
 	}
 	e := restoreEntry{key: it.obj.Key, verdict: v, size: it.mirror.Size, etag: it.obj.ETag, safetyDone: it.safety}
+	if v == verdictOverwritten {
+		// The bytes the earlier attempt wrote: the live copy equals the
+		// listed one.
+		e.size = it.live.Size
+	}
 	if it.live != nil {
 		e.live = keptRecord{ETag: normETag(it.live.ETag), Size: it.live.Size, LastModified: it.live.LastModified.UTC(), ListedETag: normETag(it.obj.ETag)}
 	}
@@ -1091,6 +1129,10 @@ func (o *Objects) restoreClass(ctx context.Context, in ObjectRestoreInput, plan 
 		}
 		if e.verdict == verdictUnavailable {
 			tr.skip(e.key, restoreDelta{})
+			continue
+		}
+		if e.verdict == verdictOverwritten {
+			tr.skip(e.key, restoreDelta{overwrite: 1, safety: 1, bytes: e.size})
 			continue
 		}
 		select {

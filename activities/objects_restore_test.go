@@ -810,3 +810,145 @@ func TestObjectRestoreTracker(t *testing.T) {
 	assert.Equal(t, int64(3), tr.progress().Classes[0].Missing, "progress hands out a copy")
 	assert.Equal(t, int64(3), resume.Classes[0].Missing, "the resumed details are not changed")
 }
+
+// TestRestoreObjectsRetryAfterKill is the crash test's case: an attempt
+// killed after safety-copying and overwriting objects past its last
+// heartbeat. The retry finds them equal to the set's copies; it must still
+// count them as overwritten and safety-copied, as an uninterrupted run does.
+func TestRestoreObjectsRetryAfterKill(t *testing.T) {
+	ctx := context.Background()
+	e := newMirrorEnv(t)
+	st := e.s3Store(t, "drflow-backup", true)
+
+	// The set is made from r-kill-src; r-kill-a (restored without a failure)
+	// and r-kill-b (restored by failing attempts) start alike: older,
+	// different copies of some keys, equal copies of most, some missing.
+	const srcBucket, liveA, liveB = "r-kill-src", "r-kill-a", "r-kill-b"
+	for _, b := range []string{srcBucket, liveA, liveB} {
+		require.NoError(t, e.app.MakeBucket(ctx, b))
+	}
+	sizes := map[string]int{}
+	for id := int64(1); id <= 12; id++ {
+		sizes[schemas.BriefKey(id)] = 700 + int(id)
+	}
+	for i := range 4 {
+		sizes[schemas.SkillKey(fmt.Sprintf("s%d", i), schemas.SkillFileName)] = 500 + i
+	}
+	for _, k := range []string{"misc/a", "misc/b", "misc/c"} {
+		sizes[k] = 60
+	}
+	seed := newRestoreSeed(sizes)
+	briefs := func(k string) bool { return strings.HasPrefix(k, schemas.BriefsPrefix) }
+	b, skills := seed.keys(briefs), seed.keys(isSkill)
+	// Restore order (Concurrency 1): b..., skills..., misc/a..c.
+	missing := []string{b[0], b[2]}
+	older := []string{b[1], b[4], b[7], b[10], skills[1], skills[3], "misc/b"}
+	failAt := b[4] // the first attempt fails reading its mirror copy, after its safety copy
+	olderSizes := map[string]int{}
+	for _, k := range older {
+		olderSizes[k] = sizes[k]
+	}
+	for _, live := range []string{liveA, liveB} {
+		require.NoError(t, putObjects(ctx, e.src, live, olderSizes, 9))
+	}
+	time.Sleep(20 * time.Millisecond)
+	seed.put(t, e.src, srcBucket)
+	o := e.objects(t, st)
+	mr := runMirror(t, o, MirrorInput{SetID: "s-kill", Bucket: srcBucket, Prefix: MirrorKeyPrefix("r-kill"),
+		ListingKey: "sets/s-kill/objects/r-kill.jsonl.zst"}, nil)
+	require.NoError(t, mr.err)
+	equalSizes := map[string]int{}
+	for k, n := range sizes {
+		if !slices.Contains(missing, k) && !slices.Contains(older, k) {
+			equalSizes[k] = n
+		}
+	}
+	for _, live := range []string{liveA, liveB} {
+		require.NoError(t, putObjects(ctx, e.src, live, equalSizes, 1))
+	}
+	input := func(live string) ObjectRestoreInput {
+		m := mr.res
+		m.Bucket = live
+		return ObjectRestoreInput{SetID: "s-kill", Mirror: m, Scope: ScopeAll, SafetyPrefix: SafetyObjectsPrefix("wf-"+live, live)}
+	}
+	classes := classesOf(
+		profile.ObjectClass{Name: "briefs", Match: briefs},
+		profile.ObjectClass{Name: "skills", Match: isSkill})
+	o.Classes = classes
+
+	// The reference: one uninterrupted attempt.
+	inA := input(liveA)
+	ref := runRestoreObjects(t, o, inA, nil)
+	require.NoError(t, ref.err)
+	want := ref.res
+	want.Bucket = liveB
+	var missingBytes int64
+	for _, k := range missing {
+		missingBytes += int64(len(seed[k]))
+	}
+	require.Equal(t, int64(len(older)), want.SafetyCopied)
+	require.Equal(t, int64(len(older)+len(missing)), want.Restored)
+	require.Equal(t, int64(len(seed)-len(older)-len(missing)), want.Unchanged)
+	require.Equal(t, totalBytes(seed, keySet(append(slices.Clone(older), missing...))), want.RestoredBytes)
+
+	// Attempt 1 fails at failAt: its last heartbeat covers b[0..3], and
+	// failAt's live content is in the safety prefix already.
+	inB := input(liveB)
+	rec := &recordingStore{Store: st, prefix: inB.Mirror.Prefix, failKey: failAt}
+	ob := e.objects(t, rec)
+	ob.Concurrency = 1
+	ob.Classes = classes
+	first := runRestoreObjects(t, ob, inB, nil)
+	require.Error(t, first.err)
+	require.Contains(t, first.err.Error(), "injected network fault")
+	require.NotEmpty(t, first.beats)
+	hb := first.beats[len(first.beats)-1]
+	require.Equal(t, 0, hb.Class)
+	require.Equal(t, b[3], hb.Cursor)
+	require.Equal(t, int64(1), hb.SafetyCopied)
+	_, err := st.Stat(ctx, inB.SafetyPrefix+failAt)
+	require.NoError(t, err, "the failed attempt safety-copied %s", failAt)
+
+	// Attempt 2 resumes from that heartbeat and does the rest.
+	second := runRestoreObjects(t, ob, inB, &hb)
+	require.NoError(t, second.err)
+	assert.Equal(t, want, second.res, "a resumed restore reports what an uninterrupted one does")
+
+	// Had attempt 2 been killed before heartbeating anything, attempt 3
+	// resumes from the same heartbeat and finds every later object
+	// restored already.
+	third := runRestoreObjects(t, ob, inB, &hb)
+	require.NoError(t, third.err)
+	assert.Equal(t, want, third.res, "objects overwritten after the last heartbeat count as overwritten")
+
+	// Killed before its first heartbeat with any progress: the retry
+	// starts from the beginning. Only the objects that were missing count
+	// otherwise (as unchanged): nothing records that they were restored.
+	start := ObjectRestoreProgress{Classes: newClassPlans([]string{"briefs", "skills", OtherClass})}
+	fresh := runRestoreObjects(t, ob, inB, &start)
+	require.NoError(t, fresh.err)
+	got := fresh.res
+	assert.Equal(t, want.SafetyCopied, got.SafetyCopied)
+	assert.Equal(t, want.Restored-int64(len(missing)), got.Restored)
+	assert.Equal(t, want.RestoredBytes-missingBytes, got.RestoredBytes)
+	assert.Equal(t, want.Restored+want.Unchanged, got.Restored+got.Unchanged)
+	assert.Equal(t, want.KeptNewer, got.KeptNewer)
+	wantClasses := slices.Clone(want.Classes)
+	wantClasses[0].Missing -= int64(len(missing))
+	wantClasses[0].Unchanged += int64(len(missing))
+	wantClasses[0].Bytes -= missingBytes
+	assert.Equal(t, wantClasses, got.Classes)
+
+	// The data is right, and the safety copies are the first attempt's.
+	sums := liveSums(t, e.src, liveB)
+	require.Len(t, sums, len(seed))
+	for k, body := range seed {
+		assert.Equal(t, sumHex(body), sums[k], k)
+	}
+	for _, k := range older {
+		assert.Equal(t, sumHex(objectBody(k, 9, sizes[k])), storedSum(t, st, inB.SafetyPrefix+k), k)
+	}
+	chk, err := runVerifyRestore(t, o, inB)
+	require.NoError(t, err)
+	assert.True(t, chk.Passed, "%v", chk.Problems)
+}
