@@ -165,8 +165,9 @@ const (
 // (a lost server) or live (after the operator approved).
 //
 // It streams the object from the store through SHA-256 and zstd into a
-// temporary file in os.TempDir() (pg_restore -j needs a seekable file; it is
-// removed on every path), checks size, SHA-256 and raw size against the
+// temporary file in the worker's scratch directory in TMPDIR (pg_restore -j
+// needs a seekable file; it is removed on every path, and what a killed worker
+// left there is removed by the next one: see internal/scratch), checks size, SHA-256 and raw size against the
 // manifest and the archive's table of contents (pg_restore --list), then
 // restores into a staging database, never straight into the target: it drops
 // a leftover StagingDatabase(target), creates it from template0 and runs

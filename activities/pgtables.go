@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/kohakku/drflow/internal/scratch"
 	"github.com/kohakku/drflow/internal/store"
 )
 
@@ -1077,11 +1077,12 @@ func (j *tableJob) withScratch(ctx context.Context, download, restore *time.Dura
 	if err != nil && !errors.As(err, &exit) {
 		return err
 	}
-	list, err := os.CreateTemp("", "drflow-tables-*.list")
+	// Next to the staged dump, in the worker's scratch directory in TMPDIR.
+	list, removeList, err := scratch.CreateTemp("drflow-tables-*.list")
 	if err != nil {
 		return fmt.Errorf("temporary file: %w", err)
 	}
-	defer os.Remove(list.Name())
+	defer func() { _ = removeList() }()
 	_, err = list.WriteString(strings.Join(lines, "\n") + "\n")
 	if cerr := list.Close(); err == nil {
 		err = cerr

@@ -22,6 +22,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/kohakku/drflow/internal/scratch"
 	"github.com/kohakku/drflow/internal/store"
 )
 
@@ -132,8 +133,9 @@ type DropScratchInput struct {
 
 // VerifyDump proves that a stored dump restores. It streams the object from the
 // store through a byte counter and SHA-256 into a zstd decoder and a temporary
-// file in os.TempDir() (pg_restore -j needs a seekable file; the file is
-// removed on every path), compares size and SHA-256 with the manifest, then
+// file in the worker's scratch directory in TMPDIR (pg_restore -j needs a
+// seekable file; the file is removed on every path, and what a killed worker
+// left there is removed by the next one: see internal/scratch), compares size and SHA-256 with the manifest, then
 // runs `pg_restore --list` and a full read of the archive (`pg_restore
 // --file=/dev/null`, which catches a truncated or corrupt dump that --list,
 // reading only the table of contents, does not). With in.Restore it creates
@@ -377,22 +379,25 @@ func (v *verification) run(ctx context.Context) (err error) {
 }
 
 // stageDump fetches the dump a describes from st into a new temporary file
-// in os.TempDir() named after pattern (see fetchDump), decrypted with keys
-// when a is encrypted, closes it and returns its path. remove deletes the
-// file; it is never nil, and the caller calls it on every path, also when err
-// is not nil. An encrypted dump keys cannot decrypt is AgeKeyError's
+// named after pattern (see fetchDump) in the worker's scratch directory in
+// TMPDIR (see package scratch), decrypted with keys when a is encrypted,
+// closes it and returns its path. The file is 0600, the directory 0700.
+// remove deletes the file and releases the scratch directory; it is never
+// nil, and the caller calls it on every path, also when err is not nil. A
+// worker killed before remove leaves the file to the next worker's sweep of
+// TMPDIR. An encrypted dump keys cannot decrypt is AgeKeyError's
 // non-retryable error, returned before anything is downloaded or created.
 func stageDump(ctx context.Context, st store.Store, keys *AgeKeys, a Artifact, pattern string, stored, raw *atomic.Int64) (path string, f fetched, remove func(), err error) {
 	if err := keys.checkReadable(a); err != nil {
 		return "", fetched{}, func() {}, err
 	}
-	file, err := os.CreateTemp("", pattern)
+	file, done, err := scratch.CreateTemp(pattern)
 	if err != nil {
 		return "", fetched{}, func() {}, fmt.Errorf("temporary file: %w", err)
 	}
 	remove = func() {
 		_ = file.Close()
-		_ = os.Remove(file.Name())
+		_ = done() // removes the file, then releases the scratch directory
 	}
 	if f, err = fetchDump(ctx, st, keys, a, file, stored, raw); err != nil {
 		return "", fetched{}, remove, err

@@ -21,6 +21,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/kohakku/drflow/internal/config"
+	"github.com/kohakku/drflow/internal/scratch"
 )
 
 // ErrHookFailed: a service hook failed (its command exited non-zero, ran past
@@ -318,13 +319,15 @@ func (s *Services) runAction(ctx context.Context, service, name string, a *confi
 //
 // The output goes to an unlinked temporary file rather than a pipe: a start
 // command may leave a daemon behind that inherits it, and a pipe would make
-// Wait block on that daemon, or kill it with SIGPIPE once closed.
+// Wait block on that daemon, or kill it with SIGPIPE once closed. The file is
+// created (0600) in the worker's scratch directory in TMPDIR and unlinked at
+// once; a worker killed in between leaves it to the next worker's sweep.
 func runHookCommand(ctx context.Context, argv []string) (code int, output string, err error) {
-	out, err := os.CreateTemp("", "drflow-hook-*.out")
+	out, remove, err := scratch.CreateTemp("drflow-hook-*.out")
 	if err != nil {
 		return -1, "", fmt.Errorf("output file: %w", err)
 	}
-	_ = os.Remove(out.Name())
+	_ = remove() // unlinks it and releases the scratch directory; out stays open
 	defer out.Close()
 
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)

@@ -18,6 +18,7 @@ import (
 	sqlitedrv "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 	sqlitelib "modernc.org/sqlite/lib"
 
+	"github.com/kohakku/drflow/internal/scratch"
 	"github.com/kohakku/drflow/internal/store"
 )
 
@@ -99,9 +100,11 @@ func SQLiteKey(id, name string) string { return SetKey(id, "sqlite/"+name+".db.z
 // needs read access to the file and, for a WAL database, write access to its
 // -shm file (or to the directory, when no -shm file exists yet), as every
 // SQLite reader of a WAL database does. The copy is
-// a private temporary file in os.TempDir() (TMPDIR): it needs as much free
-// space as the database, is checked with PRAGMA integrity_check and counted
-// before anything is uploaded, and is removed on every way out.
+// a private temporary file (0600) in the worker's scratch directory in TMPDIR
+// (see package scratch): it needs as much free space as the database, is
+// checked with PRAGMA integrity_check and counted before anything is
+// uploaded, and is removed on every way out; a copy a killed worker leaves
+// behind is removed by the next worker's sweep of TMPDIR.
 //
 // Snapshot heartbeats SQLiteProgress. It cannot resume: every attempt starts
 // over, and since the store makes an object visible only once it is
@@ -211,10 +214,10 @@ func checkSQLiteFile(name, path string) error {
 // snapshot does the work of Snapshot; its errors are classified by the caller.
 func (s *SQLite) snapshot(ctx context.Context, name, path, key string) (Artifact, error) {
 	// VACUUM INTO writes a database file, so the copy is staged: the one file
-	// a SQLite backup cannot avoid. It lives in os.TempDir(), created 0600 by
-	// CreateTemp and removed on every way out; a worker killed mid-copy leaves
-	// a drflow-sqlite-*.db there.
-	tmp, err := os.CreateTemp("", "drflow-sqlite-*.db")
+	// a SQLite backup cannot avoid. It lives in the worker's scratch directory
+	// in TMPDIR, created 0600 by CreateTemp and removed on every way out; a
+	// worker killed mid-copy leaves it to the next worker's sweep.
+	tmp, done, err := scratch.CreateTemp("drflow-sqlite-*.db")
 	if err != nil {
 		return Artifact{}, fmt.Errorf("create the local copy: %w", err)
 	}
@@ -226,7 +229,10 @@ func (s *SQLite) snapshot(ctx context.Context, name, path, key string) (Artifact
 	}
 	// VACUUM INTO wants a missing or empty file; CreateTemp made it empty.
 	_ = tmp.Close()
-	defer removeSQLiteFiles(tmpPath)
+	defer func() {
+		removeSQLiteFiles(tmpPath)
+		_ = done() // releases the scratch directory
+	}()
 
 	prog := new(StreamProgress)
 	var phase atomic.Value

@@ -28,6 +28,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"go.temporal.io/sdk/activity"
 
+	"github.com/kohakku/drflow/internal/scratch"
 	"github.com/kohakku/drflow/internal/store"
 )
 
@@ -169,13 +170,16 @@ func (r *Redis) VerifyRDB(ctx context.Context, in VerifyRDBInput) (RDBCheck, err
 	)
 	if bin != "" {
 		var err error
-		// MkdirTemp makes the directory 0700: the RDB holds the app's data.
-		if dir, err = os.MkdirTemp("", "drflow-verify-rdb-"); err != nil {
+		// In the worker's scratch directory in TMPDIR (see package scratch);
+		// MkdirTemp makes the directory 0700: the RDB holds the app's data. A
+		// worker killed meanwhile leaves it to the next worker's sweep.
+		var remove func() error
+		if dir, remove, err = scratch.MkdirTemp("drflow-verify-rdb-"); err != nil {
 			return chk, fmt.Errorf("%s: temporary directory (TMPDIR): %w", where, err)
 		}
 		defer func() {
 			// Runs after the scratch server is stopped (deferred later).
-			if err := os.RemoveAll(dir); err != nil {
+			if err := remove(); err != nil {
 				log.Warn("verify rdb: remove temporary directory", "dir", dir, "error", err)
 			}
 		}()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,7 @@ import (
 	"github.com/kohakku/drflow/internal/config"
 	"github.com/kohakku/drflow/internal/devserver"
 	"github.com/kohakku/drflow/internal/health"
+	"github.com/kohakku/drflow/internal/scratch"
 	"github.com/kohakku/drflow/workflows"
 )
 
@@ -34,6 +36,10 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 	if err != nil {
 		return err
 	}
+	// Before polling: what a killed worker staged in TMPDIR (dumps, SQLite
+	// copies, RDBs) is removed here, or when this worker next stages there.
+	scratch.SetLogger(logger)
+	sweepScratch(logger)
 	if opts.dev {
 		srv, err := devserver.Start(ctx, devserver.Options{
 			StateDir:         cfg.Worker.StateDir,
@@ -127,6 +133,20 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 		return nil
 	case err := <-httpErr:
 		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// sweepScratch removes the scratch directories dead workers left in
+// os.TempDir() (see package scratch) and logs each one; a failure is only a
+// warning.
+func sweepScratch(logger *slog.Logger) {
+	tmp := os.TempDir()
+	removed, err := scratch.Sweep(tmp)
+	for _, r := range removed {
+		logger.Info("removed the scratch directory of a dead worker", "path", r.Path, "bytes", r.Bytes)
+	}
+	if err != nil {
+		logger.Warn("could not remove every scratch directory of dead workers (TMPDIR)", "tmpdir", tmp, "error", err)
 	}
 }
 
