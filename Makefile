@@ -4,7 +4,7 @@
 #   make test    everything CI runs (race detector on; fails on any skipped test)
 #   make test-faults  the crash matrix and dependency faults: SIGKILL the worker at every step of
 #                every runbook, kill the servers mid-step, compare with uninterrupted runs, write
-#                docs/reliability.md (not in CI yet: it finds defects, see that page)
+#                docs/reliability.md (CI runs it after make test)
 #   make lint    gofmt, go vet, staticcheck
 #   make bench   benchmarks with their baselines (slow; not part of make test)
 #   make screenshot  re-take docs/images/full-cluster-recovery.png (runs the demo; needs chromium)
