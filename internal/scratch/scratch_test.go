@@ -16,21 +16,25 @@ import (
 	"time"
 )
 
-// helperEnv makes the test binary run TestHelperProcess as a worker that
-// stages a file and waits to be killed.
+// helperEnv makes the test binary run helperProcess (from TestMain) as a
+// worker that stages a file and waits to be killed.
 const helperEnv = "DRFLOW_SCRATCH_HELPER"
 
 // helperBytes is the size of the file the helper stages.
 const helperBytes = 12345
 
-// TestHelperProcess is not a test: run by startHelper in a child process, it
-// stages a file of helperBytes in its scratch directory, starts a grandchild
-// (sleep, as a worker starts pg_restore), prints "ready <scratch dir> <staged
-// file> <grandchild pid>" and sleeps until it is killed.
-func TestHelperProcess(t *testing.T) {
-	if os.Getenv(helperEnv) != "1" {
-		t.Skip("helper process")
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		helperProcess()
 	}
+	os.Exit(m.Run())
+}
+
+// helperProcess runs in a child process started by startHelper: it stages a
+// file of helperBytes in its scratch directory, starts a grandchild (sleep,
+// as a worker starts pg_restore), prints "ready <scratch dir> <staged file>
+// <grandchild pid>" and sleeps until it is killed.
+func helperProcess() {
 	f, _, err := CreateTemp("drflow-verify-*.dump")
 	if err != nil {
 		fmt.Println("error", err)
@@ -57,11 +61,11 @@ type helper struct {
 	grandchild int
 }
 
-// startHelper starts TestHelperProcess with TMPDIR=tmp and waits until it has
+// startHelper starts helperProcess with TMPDIR=tmp and waits until it has
 // staged its file. The test's cleanup kills it and its grandchild.
 func startHelper(t *testing.T, tmp string) *helper {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=1", "TMPDIR="+tmp)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
