@@ -134,7 +134,12 @@ type SimStats struct {
 	Dispatched int64
 	// Started counts runs: tasks an agent moved from dispatched to running.
 	Started int64
-	// Completed and Failed count runs that ended so (in PostgreSQL).
+	// Running counts the runs started and not yet ended, whatever their end:
+	// 0 once every run's bookkeeping (PostgreSQL, assignment, Redis hash) is
+	// done.
+	Running int64
+	// Completed and Failed count runs that ended so (in PostgreSQL), once
+	// their assignment is released and their Redis hash deleted.
 	Completed int64
 	Failed    int64
 	// Abandoned counts runs an agent gave up because the task was no longer
@@ -737,8 +742,10 @@ func (s *Sim) run(ctx context.Context, container string, a job, rng *rand.Rand) 
 	}
 	s.count(func(st *SimStats) {
 		st.Started++
+		st.Running++
 		st.Runs[a.id]++
 	})
+	defer s.count(func(st *SimStats) { st.Running-- })
 	if !s.retry(ctx, nil, step+": hset running", func(context.Context) error { return setHash(schemas.StatusRunning, 0) }) {
 		return
 	}
@@ -779,19 +786,20 @@ func (s *Sim) run(ctx context.Context, container string, a job, rng *rand.Rand) 
 	if mine, ok := exec("finish", sqlFinish, a.id, container, a.attempt, final, progress, schemas.StatusRunning); !mine || !ok {
 		return
 	}
-	s.count(func(st *SimStats) {
-		if final == schemas.StatusCompleted {
-			st.Completed++
-		} else {
-			st.Failed++
-		}
-	})
 	s.retry(ctx, nil, step+": release assignment", func(ctx context.Context) error {
 		_, err := s.t.Dispatcher.Exec(ctx, sqlRelease, a.id, a.attempt)
 		return err
 	})
 	s.retry(ctx, nil, step+": del hash", func(ctx context.Context) error {
 		return s.t.Redis.Del(ctx, key).Err()
+	})
+	// Counted last: a run counted as ended has left nothing behind.
+	s.count(func(st *SimStats) {
+		if final == schemas.StatusCompleted {
+			st.Completed++
+		} else {
+			st.Failed++
+		}
 	})
 }
 
