@@ -39,7 +39,7 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 	// Before polling: what a killed worker staged in TMPDIR (dumps, SQLite
 	// copies, RDBs) is removed here, or when this worker next stages there.
 	scratch.SetLogger(logger)
-	sweepScratch(logger)
+	scratch.SweepAndLog(os.TempDir())
 	if opts.dev {
 		srv, err := devserver.Start(ctx, devserver.Options{
 			StateDir:         cfg.Worker.StateDir,
@@ -133,20 +133,6 @@ func serve(ctx context.Context, cfg *config.Config, opts options, logger *slog.L
 		return nil
 	case err := <-httpErr:
 		return fmt.Errorf("http server: %w", err)
-	}
-}
-
-// sweepScratch removes the scratch directories dead workers left in
-// os.TempDir() (see package scratch) and logs each one; a failure is only a
-// warning.
-func sweepScratch(logger *slog.Logger) {
-	tmp := os.TempDir()
-	removed, err := scratch.Sweep(tmp)
-	for _, r := range removed {
-		logger.Info("removed the scratch directory of a dead worker", "path", r.Path, "bytes", r.Bytes)
-	}
-	if err != nil {
-		logger.Warn("could not remove every scratch directory of dead workers (TMPDIR)", "tmpdir", tmp, "error", err)
 	}
 }
 

@@ -69,7 +69,7 @@ func connHint(t Temporal, tlsOn, dialing bool, code codes.Code, msg string) stri
 	case strings.Contains(m, "x509: certificate has expired"):
 		return "TLS: the server's certificate has expired or is not valid yet: renew it on the server, or check this host's clock"
 	case strings.Contains(m, "x509: certificate signed by unknown authority"):
-		if src := caSource(t); src != "" {
+		if src := pemSource("TEMPORAL_TLS_SERVER_CA_CERT_PATH", t.TLS.ServerCACertPath, "TEMPORAL_TLS_SERVER_CA_CERT_DATA", t.TLS.ServerCACertData); src != "" {
 			return "TLS: the server's certificate is not signed by the CA in " + src + ": set it to the CA that signed the server's certificate"
 		}
 		return "TLS: the server's certificate is not signed by a CA this host trusts: set TEMPORAL_TLS_SERVER_CA_CERT_PATH (or _DATA) to the CA that signed it"
@@ -80,7 +80,7 @@ func connHint(t Temporal, tlsOn, dialing bool, code codes.Code, msg string) stri
 	// a certificate that is not signed by a CA the server asks for, so a
 	// wrong one shows up as "certificate required" too.
 	case strings.Contains(m, "remote error: tls:"), tlsOn && closed:
-		if src := clientCertSource(t); src != "" {
+		if src := pemSource("TEMPORAL_TLS_CLIENT_CERT_PATH", t.TLS.ClientCertPath, "TEMPORAL_TLS_CLIENT_CERT_DATA", t.TLS.ClientCertData); src != "" {
 			return "TLS: the server did not accept the client certificate in " + src + " (mTLS): " + clientCertRules
 		}
 		if strings.Contains(m, "remote error: tls:") {
@@ -115,22 +115,14 @@ func tlsReason(t Temporal) string {
 	return "the configuration"
 }
 
-func caSource(t Temporal) string {
+// pemSource names the setting a PEM came from: the path variable with its
+// value, or the data variable; "" when neither is set.
+func pemSource(pathVar, path, dataVar, data string) string {
 	switch {
-	case t.TLS.ServerCACertPath != "":
-		return "TEMPORAL_TLS_SERVER_CA_CERT_PATH=" + t.TLS.ServerCACertPath
-	case t.TLS.ServerCACertData != "":
-		return "TEMPORAL_TLS_SERVER_CA_CERT_DATA"
-	}
-	return ""
-}
-
-func clientCertSource(t Temporal) string {
-	switch {
-	case t.TLS.ClientCertPath != "":
-		return "TEMPORAL_TLS_CLIENT_CERT_PATH=" + t.TLS.ClientCertPath
-	case t.TLS.ClientCertData != "":
-		return "TEMPORAL_TLS_CLIENT_CERT_DATA"
+	case path != "":
+		return pathVar + "=" + path
+	case data != "":
+		return dataVar
 	}
 	return ""
 }

@@ -104,7 +104,7 @@ func Acquire() (path string, release func() error, err error) {
 	d.refs++
 	mu.Unlock()
 	if created {
-		sweepAndLog(tmp)
+		SweepAndLog(tmp)
 	}
 	var once sync.Once
 	var rerr error
@@ -357,8 +357,10 @@ func size(path string) int64 {
 	return n
 }
 
-// sweepAndLog sweeps tmp and logs the outcome to the SetLogger logger.
-func sweepAndLog(tmp string) {
+// SweepAndLog sweeps tmp (see Sweep) and logs what it removed (Info) and
+// what it could not (Warn) to the SetLogger logger: what a worker runs at
+// startup, and Acquire whenever it creates a scratch directory.
+func SweepAndLog(tmp string) {
 	removed, err := Sweep(tmp)
 	l := logger.Load()
 	if l == nil {
@@ -368,7 +370,7 @@ func sweepAndLog(tmp string) {
 		l.Info("removed the scratch directory of a dead worker", "path", r.Path, "bytes", r.Bytes)
 	}
 	if err != nil {
-		l.Warn("sweep of dead workers' scratch directories", "tmpdir", tmp, "error", err)
+		l.Warn("could not remove every scratch directory of dead workers (TMPDIR)", "tmpdir", tmp, "error", err)
 	}
 }
 
