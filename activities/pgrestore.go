@@ -674,7 +674,7 @@ func (r *restoration) resume(ctx context.Context, setPhase func(string), stopBea
 		}
 		if _, left := comments[r.replaced]; left {
 			setPhase("swap")
-			if err := dropDatabase(ctx, r.adminURL, r.replaced); err != nil {
+			if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{r.replaced}.Sanitize()+" WITH (FORCE)"); err != nil {
 				return false, fmt.Errorf("drop the replaced database %q: %w", r.replaced, err)
 			}
 		}
@@ -791,7 +791,7 @@ func (r *restoration) swap(ctx context.Context) error {
 		}
 	}
 	// A database of that name is what a swap that died after its commit left.
-	if err := dropDatabase(sctx, r.adminURL, r.replaced); err != nil {
+	if _, err := conn.Exec(sctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{r.replaced}.Sanitize()+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("drop the leftover replaced database %q: %w", r.replaced, err)
 	}
 	if _, err := conn.Exec(sctx, "ALTER DATABASE "+target+" ALLOW_CONNECTIONS false"); err != nil {
