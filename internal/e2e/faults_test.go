@@ -193,16 +193,38 @@ func newCrashHarness(t *testing.T, e *env, runbook string, vars map[string]strin
 // startWorker starts the worker subprocess as workerProc.start does, but waits for its
 // "worker ready" log line rather than for /healthz: /healthz asks Temporal through the
 // tap, and a worker that picks up a task at once can freeze the tap before it answers.
+//
+// The worker's HTTP port was free when picked, but the stacks of the runbooks running
+// beside this one start servers on free ports too: a worker that finds its port taken
+// is started again on another one.
 func (h *crashHarness) startWorker() {
-	t, w := h.t, h.w
+	t := h.t
 	t.Helper()
+	for try := 1; ; try++ {
+		err := h.startWorkerOnce()
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "address already in use") || try == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("worker start %d: its HTTP port was taken meanwhile; again on another port", try)
+		h.w.newHTTPAddr(t)
+	}
+}
+
+// startWorkerOnce starts the worker subprocess and waits for its "worker ready" line.
+func (h *crashHarness) startWorkerOnce() error {
+	w := h.w
 	w.out = &lockedBuffer{}
 	w.logs = append(w.logs, w.out)
 	w.cmd = exec.Command(w.bin)
 	w.cmd.Env = w.env
 	w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, w.cmd.Start())
+	if err := w.cmd.Start(); err != nil {
+		return err
+	}
 	w.starts++
 	w.exited = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(w.cmd, w.exited)
@@ -211,13 +233,14 @@ func (h *crashHarness) startWorker() {
 	for !strings.Contains(w.out.String(), "worker ready") {
 		select {
 		case <-w.exited:
-			t.Fatalf("worker exited during start:\n%s", w.out)
+			return fmt.Errorf("worker exited during start:\n%s", w.out)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("worker not ready after 60s:\n%s", w.out)
+			return fmt.Errorf("worker not ready after 60s:\n%s", w.out)
 		}
 	}
+	return nil
 }
 
 // runClean runs the runbook to its end with no kill: the uninterrupted reference. It

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -70,15 +72,12 @@ func (b *lockedBuffer) String() string {
 
 func newWorkerProc(t *testing.T, vars map[string]string, queue string) *workerProc {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	w := &workerProc{bin: buildWorkerBin(t), http: addr}
+	w := &workerProc{bin: buildWorkerBin(t)}
 	for k, v := range vars {
 		w.env = append(w.env, k+"="+v)
 	}
-	w.env = append(w.env, "DRFLOW_TASK_QUEUE="+queue, "DRFLOW_HTTP_ADDR="+addr, "PATH="+os.Getenv("PATH"), "DRFLOW_CONFIG=")
+	w.env = append(w.env, "DRFLOW_TASK_QUEUE="+queue, "PATH="+os.Getenv("PATH"), "DRFLOW_CONFIG=")
+	w.newHTTPAddr(t)
 	t.Cleanup(func() { checkWorkerLogs(t, vars, w.logs) }) // runs after the kill below
 	t.Cleanup(func() {
 		if w.cmd != nil && w.cmd.ProcessState == nil {
@@ -87,6 +86,18 @@ func newWorkerProc(t *testing.T, vars map[string]string, queue string) *workerPr
 		}
 	})
 	return w
+}
+
+// newHTTPAddr gives the worker a free port on 127.0.0.1 for its HTTP server
+// (DRFLOW_HTTP_ADDR), replacing the one it had.
+func (w *workerProc) newHTTPAddr(t *testing.T) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	w.http = l.Addr().String()
+	require.NoError(t, l.Close())
+	w.env = slices.DeleteFunc(w.env, func(kv string) bool { return strings.HasPrefix(kv, "DRFLOW_HTTP_ADDR=") })
+	w.env = append(w.env, "DRFLOW_HTTP_ADDR="+w.http)
 }
 
 // start runs the worker and waits until /healthz answers.
